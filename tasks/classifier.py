@@ -1,0 +1,81 @@
+"""The model as registered: category vocabulary + LightGBM booster behind one `predict`.
+
+Raw feature values go in (categories as strings), the probability of the
+positive class comes out, so a caller never re-implements the encoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import polars as pl
+
+try:  # the pyfunc base class only matters when MLflow loads the model
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # pragma: no cover - mlflow is a declared dependency
+    PythonModel = object  # type: ignore[misc,assignment]
+
+
+@dataclass(frozen=True)
+class CategoryVocabulary:
+    """Per categorical column, the categories seen often enough in training; others are unknown."""
+
+    categories: dict[str, list[str]]
+
+    @classmethod
+    def fit(cls, frame: pl.DataFrame, columns: list[str], min_count: int) -> CategoryVocabulary:
+        vocab = {}
+        for col in columns:
+            counts = frame.get_column(col).drop_nulls().value_counts()
+            keep = counts.filter(pl.col("count") >= min_count).get_column(col).sort().to_list()
+            vocab[col] = [str(v) for v in keep]
+        return cls(vocab)
+
+    def encode(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Categories -> codes 0..n-1; unknown and null -> null (LightGBM's missing)."""
+        exprs = []
+        for col, cats in self.categories.items():
+            mapping = pl.DataFrame({"_v": cats, "_c": list(range(len(cats)))}, schema={"_v": pl.String, "_c": pl.Int32})
+            exprs.append(
+                pl.col(col).cast(pl.String).replace_strict(mapping["_v"], mapping["_c"], default=None).alias(col)
+            )
+        return frame.with_columns(exprs) if exprs else frame
+
+
+def to_matrix(frame: pl.DataFrame, features: list[str], vocab: CategoryVocabulary) -> np.ndarray:
+    encoded = vocab.encode(frame.select(features))
+    return encoded.select(pl.all().cast(pl.Float64)).to_numpy()
+
+
+class TabularClassifier(PythonModel):  # type: ignore[misc]
+    """MLflow pyfunc model: DataFrame of raw features -> probability of the positive class."""
+
+    def __init__(self, booster_text: str, features: list[str], vocab: CategoryVocabulary) -> None:
+        self.booster_text = booster_text
+        self.features = features
+        self.vocab = vocab
+        self._booster: lgb.Booster | None = None
+
+    @property
+    def booster(self) -> lgb.Booster:
+        if self._booster is None:
+            self._booster = lgb.Booster(model_str=self.booster_text)
+        return self._booster
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_booster": None}
+
+    def predict_frame(self, frame: pl.DataFrame) -> np.ndarray:
+        missing = [c for c in self.features if c not in frame.columns]
+        if missing:
+            raise ValueError(f"input lacks feature column(s): {', '.join(missing)}")
+        result: np.ndarray = self.booster.predict(to_matrix(frame, self.features, self.vocab))
+        return result
+
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+        frame = model_input if isinstance(model_input, pl.DataFrame) else pl.from_pandas(pd.DataFrame(model_input))
+        return self.predict_frame(frame)

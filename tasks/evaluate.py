@@ -1,0 +1,138 @@
+"""Evaluate: test-split metrics of the model beside a baseline, a calibration table and plots."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+from sklearn.metrics import average_precision_score, log_loss, roc_auc_score, roc_curve
+
+from fusion.lake import Lake
+from tasks.train import SplitFrames, TrainedModel, fit_baseline
+
+
+@dataclass(frozen=True)
+class CalibrationBin:
+    lower: float
+    upper: float
+    rows: int
+    mean_predicted: float
+    observed_rate: float
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    test_auc: float
+    test_pr_auc: float
+    test_logloss: float
+    baseline_auc: float
+    baseline_pr_auc: float
+    baseline_logloss: float
+    baseline_kind: str
+    valid_auc: float
+    test_rows: int
+    test_positive_rate: float
+    calibration: list[CalibrationBin]
+    artifacts: dict[str, str]  # name -> lake path (plots, calibration table)
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "test_auc": self.test_auc,
+            "test_pr_auc": self.test_pr_auc,
+            "test_logloss": self.test_logloss,
+            "baseline_auc": self.baseline_auc,
+            "baseline_pr_auc": self.baseline_pr_auc,
+            "baseline_logloss": self.baseline_logloss,
+            "valid_auc": self.valid_auc,
+        }
+
+
+def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[CalibrationBin]:
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    table = []
+    for b in range(bins):
+        mask = index == b
+        if mask.any():
+            table.append(
+                CalibrationBin(float(edges[b]), float(edges[b + 1]), int(mask.sum()), float(p[mask].mean()), float(y[mask].mean()))
+            )
+    return table
+
+
+def _png(fig: object) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")  # type: ignore[attr-defined]
+    return buf.getvalue()
+
+
+def plot_roc(y: np.ndarray, curves: dict[str, np.ndarray]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for label, p in curves.items():
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, label=f"{label} (AUC {roc_auc_score(y, p):.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, test split")
+    ax.legend(loc="lower right")
+    payload = _png(fig)
+    plt.close(fig)
+    return payload
+
+
+def plot_importance(names: list[str], gains: np.ndarray, top: int = 20) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = np.argsort(gains)[::-1][:top][::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(order) + 1))
+    ax.barh([names[i] for i in order], gains[order])
+    ax.set(xlabel="total gain", title="feature importance (LightGBM gain)")
+    payload = _png(fig)
+    plt.close(fig)
+    return payload
+
+
+def evaluate_model(
+    trained: TrainedModel,
+    parts: SplitFrames,
+    categorical: list[str],
+    target: str,
+    baseline_kind: str,
+    lake: Lake,
+    report_dir: str,
+) -> Evaluation:
+    model = trained.model
+    y = parts.test.get_column(target).cast(pl.Float64).to_numpy()
+    p = np.clip(model.predict_frame(parts.test), 1e-7, 1 - 1e-7)
+    _, baseline = fit_baseline(parts, model.features, categorical, target, baseline_kind)
+    baseline = np.clip(baseline, 1e-7, 1 - 1e-7)
+    calibration = calibration_table(y, p)
+    gains = model.booster.feature_importance(importance_type="gain")
+    artifacts = {
+        "roc.png": lake.write_bytes(plot_roc(y, {"LightGBM": p, f"baseline ({baseline_kind})": baseline}), f"{report_dir}/roc.png"),
+        "feature_importance.png": lake.write_bytes(plot_importance(model.features, gains), f"{report_dir}/feature_importance.png"),
+        "calibration.json": lake.write_json([c.__dict__ for c in calibration], f"{report_dir}/calibration.json"),
+    }
+    return Evaluation(
+        test_auc=float(roc_auc_score(y, p)),
+        test_pr_auc=float(average_precision_score(y, p)),
+        test_logloss=float(log_loss(y, p)),
+        baseline_auc=float(roc_auc_score(y, baseline)) if np.unique(baseline).size > 1 else 0.5,
+        baseline_pr_auc=float(average_precision_score(y, baseline)),
+        baseline_logloss=float(log_loss(y, baseline)),
+        baseline_kind=baseline_kind,
+        valid_auc=trained.valid_auc,
+        test_rows=len(y),
+        test_positive_rate=float(y.mean()),
+        calibration=calibration,
+        artifacts=artifacts,
+    )

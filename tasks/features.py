@@ -1,0 +1,237 @@
+"""Features: the config's feature spec over the validated tables, in Polars (lazy), point in time.
+
+Every feature of a row uses only what was known at that row's prediction time
+(event time + offset): as-of joins take the latest joined row known at or
+before it, and windowed aggregates and previous-event lookups take values
+whose `known_at` is strictly before it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import polars as pl
+
+from fusion.errors import FeatureError
+from fusion.settings import FeatureSpec, PredictionTimeConfig, RollingAggregate, TargetConfig
+
+ROW = "_row"
+PRED_TIME = "_pred_time"
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    dataset: str
+    batch_id: str
+    path: str
+    rows: int
+    feature_columns: list[str]
+    categorical_columns: list[str]
+    target: str
+    event_time: str
+    spec_version: int
+
+
+def _sql(expr: str, name: str) -> pl.Expr:
+    try:
+        return pl.sql_expr(expr).alias(name)
+    except Exception as exc:
+        raise FeatureError(f"feature {name!r}: cannot parse SQL expression {expr!r}: {exc}") from exc
+
+
+def with_derived(primary: pl.LazyFrame, spec: FeatureSpec, prediction: PredictionTimeConfig) -> pl.LazyFrame:
+    """Derived columns in order, a row index and the prediction time."""
+    frame = primary.with_row_index(ROW)
+    for name, expr in spec.derived.items():
+        frame = frame.with_columns(_sql(expr, name))
+    return frame.with_columns(
+        (pl.col(spec.event_time) + pl.duration(minutes=prediction.offset_minutes)).alias(PRED_TIME)
+    )
+
+
+def calendar_features(spec: FeatureSpec) -> list[pl.Expr]:
+    local = pl.col(spec.event_time).dt.convert_time_zone(spec.timezone)
+    parts = {
+        "hour": local.dt.hour(),
+        "minute_of_day": local.dt.hour().cast(pl.Int32) * 60 + local.dt.minute().cast(pl.Int32),
+        "weekday": local.dt.weekday(),
+        "month": local.dt.month(),
+        "day_of_year": local.dt.ordinal_day(),
+    }
+    return [parts[p].cast(pl.Int32).alias(f"cal_{p}") for p in spec.calendar]
+
+
+def _queries(base: pl.LazyFrame, keys: dict[str, str]) -> pl.LazyFrame:
+    """Rows that ask: (row, group keys renamed, prediction time), sorted by time for join_asof."""
+    return (
+        base.select(ROW, PRED_TIME, *[pl.col(src).alias(dst) for src, dst in keys.items()])
+        .drop_nulls([PRED_TIME, *keys.values()])
+        .sort(PRED_TIME)
+    )
+
+
+def asof_features(base: pl.LazyFrame, tables: dict[str, pl.LazyFrame], spec: FeatureSpec) -> list[pl.LazyFrame]:
+    out = []
+    for join in spec.asof:
+        right = (
+            tables[join.table]
+            .select(
+                pl.col(join.right_on).alias("_key"),
+                pl.col(join.right_time).alias("_t"),
+                *[pl.col(c).alias(f"{join.prefix}{c}") for c in join.columns],
+            )
+            .drop_nulls(["_key", "_t"])
+            .sort("_t")
+        )
+        tolerance = dt.timedelta(minutes=join.tolerance_minutes) if join.tolerance_minutes else None
+        joined = _queries(base, {join.left_on: "_key"}).join_asof(
+            right, left_on=PRED_TIME, right_on="_t", by="_key", strategy="backward", tolerance=tolerance
+        )
+        out.append(joined.select(ROW, *[f"{join.prefix}{c}" for c in join.columns]))
+    return out
+
+
+def lookup_features(base: pl.LazyFrame, tables: dict[str, pl.LazyFrame], spec: FeatureSpec) -> list[pl.LazyFrame]:
+    out = []
+    for join in spec.lookups:
+        right = (
+            tables[join.table]
+            .select(pl.col(join.right_on).alias("_key"), *[pl.col(c).alias(n) for c, n in join.columns.items()])
+            .drop_nulls("_key")
+            .unique("_key", keep="first", maintain_order=True)
+        )
+        left = base.select(ROW, pl.col(join.left_on).alias("_key"))
+        out.append(left.join(right, on="_key", how="left").select(ROW, *join.columns.values()))
+    return out
+
+
+def rolling_names(agg: RollingAggregate) -> list[str]:
+    return [f"{agg.name}_{a}_{w}m" for w in agg.windows_minutes for a in agg.aggs]
+
+
+def rolling_features(base: pl.LazyFrame, spec: FeatureSpec) -> list[pl.LazyFrame]:
+    """Per-group sum/count/mean over values known in [T - window, T), T = prediction time.
+
+    Running sums per group, looked up as of T and as of T - window (both
+    strictly before): their difference is the window. Exact and O(n log n).
+    """
+    out = []
+    for agg in spec.rolling:
+        keys = {b: f"_by{i}" for i, b in enumerate(agg.by)}
+        by = list(keys.values())
+        events = (
+            base.select(
+                *[pl.col(src).alias(dst) for src, dst in keys.items()],
+                _sql(agg.known_at, "_t"),
+                _sql(agg.value, "_v").cast(pl.Float64),
+            )
+            .drop_nulls()
+            .group_by([*by, "_t"])
+            .agg(pl.col("_v").sum().alias("_s"), pl.len().alias("_n"))
+            .sort([*by, "_t"])
+            .with_columns(pl.col("_s").cum_sum().over(by).alias("_cs"), pl.col("_n").cum_sum().over(by).alias("_cn"))
+            .select(*by, "_t", "_cs", "_cn")
+            .sort("_t")
+        )
+        queries = _queries(base, keys)
+        frame = queries
+        columns: list[pl.Expr] = []
+        for w in agg.windows_minutes:
+            lower = queries.with_columns((pl.col(PRED_TIME) - pl.duration(minutes=w)).alias("_lo")).sort("_lo")
+            hi = queries.join_asof(events, left_on=PRED_TIME, right_on="_t", by=by, allow_exact_matches=False)
+            lo = lower.join_asof(events, left_on="_lo", right_on="_t", by=by, allow_exact_matches=False)
+            frame = frame.join(
+                hi.select(ROW, pl.col("_cs").alias(f"_hs{w}"), pl.col("_cn").alias(f"_hn{w}")), on=ROW, how="left"
+            ).join(lo.select(ROW, pl.col("_cs").alias(f"_ls{w}"), pl.col("_cn").alias(f"_ln{w}")), on=ROW, how="left")
+            total = pl.col(f"_hs{w}").fill_null(0.0) - pl.col(f"_ls{w}").fill_null(0.0)
+            count = pl.col(f"_hn{w}").fill_null(0) - pl.col(f"_ln{w}").fill_null(0)
+            exprs = {
+                "sum": total,
+                "count": count.cast(pl.Float64),
+                "mean": pl.when(count > 0).then(total / count).otherwise(None),
+            }
+            columns += [exprs[a].alias(f"{agg.name}_{a}_{w}m") for a in agg.aggs]
+        out.append(frame.select(ROW, *columns))
+    return out
+
+
+def previous_features(base: pl.LazyFrame, spec: FeatureSpec) -> list[pl.LazyFrame]:
+    """Values of the group's latest event known strictly before T, and the minutes since it."""
+    out = []
+    for prev in spec.previous:
+        keys = {b: f"_by{i}" for i, b in enumerate(prev.by)}
+        by = list(keys.values())
+        events = (
+            base.select(
+                *[pl.col(src).alias(dst) for src, dst in keys.items()],
+                _sql(prev.known_at, "_t"),
+                *[pl.col(c).alias(f"{prev.name}_{c}") for c in prev.columns],
+            )
+            .drop_nulls([*by, "_t"])
+            .sort([*by, "_t", *[f"{prev.name}_{c}" for c in prev.columns]], nulls_last=True)
+            .unique([*by, "_t"], keep="last", maintain_order=True)
+            .sort("_t")
+        )
+        joined = _queries(base, keys).join_asof(
+            events, left_on=PRED_TIME, right_on="_t", by=by, allow_exact_matches=False
+        )
+        since = ((pl.col(PRED_TIME) - pl.col("_t")).dt.total_seconds() / 60.0).alias(f"{prev.name}_minutes_since")
+        out.append(joined.select(ROW, *[f"{prev.name}_{c}" for c in prev.columns], since))
+    return out
+
+
+def build_features(
+    tables: dict[str, pl.DataFrame],
+    primary: str,
+    spec: FeatureSpec,
+    prediction: PredictionTimeConfig,
+    target: TargetConfig | None,
+) -> pl.DataFrame:
+    """Feature table: id columns, event time, every feature, and the target when given."""
+    lazy = {name: frame.lazy() for name, frame in tables.items()}
+    base = with_derived(lazy[primary], spec, prediction)
+    try:
+        schema = base.collect_schema()
+    except Exception as exc:
+        raise FeatureError(f"derived columns do not fit table {primary!r}: {exc}") from exc
+    needed = [spec.event_time, *spec.numeric, *spec.categorical, *spec.id_columns]
+    missing = [c for c in needed if c not in schema]
+    if missing:
+        raise FeatureError(f"feature spec names column(s) {missing} that table {primary!r} does not have")
+    if not isinstance(schema[spec.event_time], pl.Datetime):
+        raise FeatureError(f"event_time column {spec.event_time!r} is {schema[spec.event_time]}, not a datetime")
+    own = [*calendar_features(spec), *[pl.col(c) for c in spec.numeric], *[pl.col(c) for c in spec.categorical]]
+    names = feature_names(spec)
+    head = [c for c in dict.fromkeys([*spec.id_columns, spec.event_time]) if c not in names]
+    extra = [_sql(target.expr, target.name).cast(pl.Int8)] if target else []
+    frame = base.select(ROW, *[pl.col(c) for c in head], *own, *extra)
+    for part in [
+        *asof_features(base, lazy, spec),
+        *lookup_features(base, lazy, spec),
+        *rolling_features(base, spec),
+        *previous_features(base, spec),
+    ]:
+        frame = frame.join(part, on=ROW, how="left")
+    try:
+        result = frame.sort(ROW).drop(ROW).collect()
+    except pl.exceptions.PolarsError as exc:
+        raise FeatureError(f"feature spec does not fit the data: {exc}") from exc
+    return result
+
+
+def feature_names(spec: FeatureSpec) -> list[str]:
+    """Names of the model's input columns, in table order, from the spec alone."""
+    return [
+        *[f"cal_{p}" for p in spec.calendar],
+        *spec.numeric,
+        *spec.categorical,
+        *[f"{j.prefix}{c}" for j in spec.asof for c in j.columns],
+        *[n for j in spec.lookups for n in j.columns.values()],
+        *[n for agg in spec.rolling for n in rolling_names(agg)],
+        *[n for p in spec.previous for n in (*[f"{p.name}_{c}" for c in p.columns], f"{p.name}_minutes_since")],
+    ]
+
+
+def categorical_names(frame: pl.DataFrame, names: list[str]) -> list[str]:
+    return [c for c in names if frame.schema[c] in (pl.String, pl.Categorical)]

@@ -1,0 +1,181 @@
+"""Prefect tasks: each a thin call into the stage's pure function.
+
+Kept apart from the stage modules so that serving can import the feature code
+without importing Prefect. Stages are cached by their inputs plus a hash of
+Fusion's own source, so unchanged data, config and code skip them, and a
+change of any of the three runs them again.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import INPUTS, CacheKeyFnPolicy
+
+from fusion.errors import FusionError
+from fusion.events import CloudEvent, EventBus
+from fusion.lake import Lake
+from fusion.settings import DatasetConfig, SourceConfig, ValidationConfig
+from tasks import features as feature_code
+from tasks.evaluate import Evaluation, evaluate_model
+from tasks.ingest import IngestedBatch, ingest_tables, source_fingerprint
+from tasks.register import GateDecision, Registration, promote_if_better, register_model
+from tasks.train import (
+    SplitFrames,
+    TrainedModel,
+    dask_client_with_workers,
+    split_by_time,
+    train_lightgbm,
+    train_lightgbm_dask,
+)
+from tasks.validate import ValidatedBatch, validate_batch
+
+
+@functools.cache
+def code_version() -> str:
+    """Hash of Fusion's Python source: a code change invalidates cached stages."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parent.parent
+    for package in ("fusion", "tasks"):
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+STAGE_CACHE = INPUTS + CacheKeyFnPolicy(cache_key_fn=lambda ctx, inputs: code_version())
+
+
+def retry_unless_bad_data(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry I/O failures; never retry bad data or bad config (it would fail the same way)."""
+    try:
+        state.result()
+    except FusionError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(name="fingerprint-sources", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_bad_data)
+def fingerprint_sources(source: SourceConfig) -> dict[str, str]:
+    return {table: source_fingerprint(cfg.uri) for table, cfg in source.tables.items()}
+
+
+@task(
+    name="ingest",
+    cache_policy=STAGE_CACHE,
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_unless_bad_data,
+)
+def ingest(dataset: str, source: SourceConfig, fingerprints: dict[str, str], lake: Lake) -> IngestedBatch:
+    # `fingerprints` is not read here: it is part of the cache key, so changed sources re-ingest.
+    return ingest_tables(dataset, source, lake)
+
+
+@task(
+    name="validate",
+    cache_policy=STAGE_CACHE,
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_unless_bad_data,
+)
+def validate(
+    batch: IngestedBatch,
+    suites: dict[str, dict[str, Any]],
+    config: ValidationConfig,
+    primary: str,
+    lake: Lake,
+    gx_root: str,
+) -> ValidatedBatch:
+    return validate_batch(batch, suites, config, primary, lake, Path(gx_root))
+
+
+@task(name="features", cache_policy=STAGE_CACHE, persist_result=True, retry_condition_fn=retry_unless_bad_data)
+def build_feature_table(batch: ValidatedBatch, dataset: DatasetConfig, lake: Lake) -> feature_code.FeatureSet:
+    tables = {name: lake.read_parquet(path) for name, path in batch.tables.items()}
+    spec = dataset.features
+    frame = feature_code.build_features(tables, dataset.source.primary, spec, dataset.prediction_time, dataset.target)
+    names = feature_code.feature_names(spec)
+    path = lake.path("features", dataset.name, batch.batch_id, f"features-v{spec.version}-{dataset.fingerprint()}.parquet")
+    lake.write_parquet(frame, path)
+    return feature_code.FeatureSet(
+        dataset=dataset.name,
+        batch_id=batch.batch_id,
+        path=path,
+        rows=frame.height,
+        feature_columns=names,
+        categorical_columns=feature_code.categorical_names(frame, names),
+        target=dataset.target.name,
+        event_time=spec.event_time,
+        spec_version=spec.version,
+    )
+
+
+def load_split(features: feature_code.FeatureSet, dataset: DatasetConfig, lake: Lake) -> SplitFrames:
+    frame = lake.read_parquet(features.path)
+    return split_by_time(frame, features.event_time, dataset.split, dataset.features.timezone)
+
+
+@task(name="train", cache_policy=STAGE_CACHE, persist_result=True, retry_condition_fn=retry_unless_bad_data)
+def train(features: feature_code.FeatureSet, dataset: DatasetConfig, lake: Lake, threads: int) -> TrainedModel:
+    parts = load_split(features, dataset, lake)
+    client, workers = dask_client_with_workers()
+    args = (parts, features.feature_columns, features.categorical_columns, features.target, dataset.model)
+    if workers > 1:
+        return train_lightgbm_dask(client, *args)
+    return train_lightgbm(*args, threads=threads)
+
+
+@task(name="evaluate", cache_policy=STAGE_CACHE, persist_result=True)
+def evaluate(
+    trained: TrainedModel, features: feature_code.FeatureSet, dataset: DatasetConfig, lake: Lake
+) -> Evaluation:
+    parts = load_split(features, dataset, lake)
+    model_hash = hashlib.sha256(trained.model.booster_text.encode()).hexdigest()[:12]
+    report_dir = lake.path("reports", dataset.name, features.batch_id, model_hash)
+    return evaluate_model(
+        trained, parts, features.categorical_columns, features.target, dataset.model.baseline, lake, report_dir
+    )
+
+
+@task(name="register", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_bad_data)
+def register(
+    trained: TrainedModel,
+    evaluation: Evaluation,
+    features: feature_code.FeatureSet,
+    dataset: DatasetConfig,
+    lake: Lake,
+    extra_artifacts: dict[str, str],
+    tracking_uri: str,
+) -> Registration:
+    example = lake.read_parquet(features.path).head(5)
+    return register_model(
+        trained, evaluation, dataset, features.batch_id, example, lake, extra_artifacts, tracking_uri
+    )
+
+
+@task(name="promote", retries=2, retry_delay_seconds=2)
+def promote(
+    registration: Registration,
+    evaluation: Evaluation,
+    features: feature_code.FeatureSet,
+    dataset: DatasetConfig,
+    lake: Lake,
+    tracking_uri: str,
+) -> GateDecision:
+    test = load_split(features, dataset, lake).test
+    return promote_if_better(registration, evaluation, test, features.target, dataset.gate, tracking_uri)
+
+
+@task(name="publish-event", retries=3, retry_delay_seconds=1)
+def publish(bus: EventBus, event: CloudEvent) -> str:
+    bus.publish(event)
+    return event.id
+

@@ -1,0 +1,195 @@
+"""Validate: run each table's Great Expectations suite (from configs/) over the batch.
+
+A failing batch goes to quarantine with its validation result; with policy
+`drop`, rows that fail row-level expectations are removed and kept in
+quarantine instead, as long as they are few enough.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from fusion.errors import ValidationFailed
+from fusion.lake import Lake
+from fusion.settings import ValidationConfig
+from tasks.ingest import IngestedBatch
+
+
+@dataclass(frozen=True)
+class ExpectationOutcome:
+    table: str
+    expectation: str
+    column: str | None
+    success: bool
+    unexpected_count: int
+    row_level: bool  # failures point at rows (droppable) rather than at the table
+
+
+@dataclass(frozen=True)
+class ValidatedBatch:
+    dataset: str
+    batch_id: str
+    tables: dict[str, str]
+    rows_in: int  # rows of the primary table as ingested
+    rows_rejected: int  # rows dropped by the `drop` policy, all tables
+    report_uri: str
+    docs_index: str | None
+    outcomes: list[ExpectationOutcome] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SuiteRun:
+    success: bool
+    outcomes: list[ExpectationOutcome]
+    bad_rows: list[int]  # positions of rows failing any row-level expectation
+    raw: dict[str, Any]
+
+
+def load_suite(path: Path) -> dict[str, Any]:
+    suite: dict[str, Any] = json.loads(path.read_text())
+    if "name" not in suite or not isinstance(suite.get("expectations"), list):
+        raise ValueError(f"{path}: a suite needs 'name' and a list of 'expectations'")
+    return suite
+
+
+def _gx_context(gx_root: Path) -> Any:
+    import great_expectations as gx  # slow import (~8 s): only when validation runs
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    gx_root.mkdir(parents=True, exist_ok=True)
+    context = gx.get_context(mode="file", project_root_dir=str(gx_root))
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context
+
+
+def run_suite(context: Any, dataset: str, table: str, frame: pl.DataFrame, suite_json: dict[str, Any]) -> SuiteRun:
+    """Validate one table with GX; the result is stored and rendered into Data Docs."""
+    import great_expectations as gx
+    from great_expectations.core.expectation_suite import ExpectationSuite
+    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+
+    name = f"{dataset}.{table}"
+    suite = ExpectationSuite(name=name)
+    for item in suite_json["expectations"]:
+        suite.add_expectation_configuration(ExpectationConfiguration(type=item["type"], kwargs=item.get("kwargs", {})))
+    suite = context.suites.add_or_update(suite)
+    source = context.data_sources.add_or_update_pandas(f"fusion_{dataset}")
+    asset = source.get_asset(table) if table in source.get_asset_names() else source.add_dataframe_asset(table)
+    batch_def = next(iter(asset.batch_definitions), None) or asset.add_batch_definition_whole_dataframe("batch")
+    validation = context.validation_definitions.add_or_update(gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
+    checkpoint = context.checkpoints.add_or_update(
+        gx.Checkpoint(
+            name=name,
+            validation_definitions=[validation],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+            result_format={"result_format": "COMPLETE"},
+        )
+    )
+    result = checkpoint.run(batch_parameters={"dataframe": frame.to_pandas()})
+    outcomes: list[ExpectationOutcome] = []
+    bad_rows: set[int] = set()
+    raw: dict[str, Any] = {}
+    for run in result.run_results.values():
+        raw = run.to_json_dict()
+        for r in run.results:
+            details = r.result or {}
+            index = details.get("unexpected_index_list")
+            row_level = index is not None
+            if not r.success and row_level:
+                bad_rows.update(int(i) for i in index)
+            outcomes.append(
+                ExpectationOutcome(
+                    table=table,
+                    expectation=r.expectation_config.type,
+                    column=r.expectation_config.kwargs.get("column"),
+                    success=bool(r.success),
+                    unexpected_count=int(details.get("unexpected_count") or 0),
+                    row_level=row_level,
+                )
+            )
+    return SuiteRun(bool(result.success), outcomes, sorted(bad_rows), raw)
+
+
+def describe_failures(outcomes: list[ExpectationOutcome]) -> str:
+    failed = [o for o in outcomes if not o.success]
+    parts = [
+        f"{o.table}.{o.column or '*'} {o.expectation}" + (f" ({o.unexpected_count} rows)" if o.row_level else "")
+        for o in failed[:5]
+    ]
+    more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+    return "; ".join(parts) + more
+
+
+def validate_batch(
+    batch: IngestedBatch,
+    suites: dict[str, dict[str, Any]],
+    config: ValidationConfig,
+    primary: str,
+    lake: Lake,
+    gx_root: Path,
+) -> ValidatedBatch:
+    context = _gx_context(gx_root)
+    frames = {t: lake.read_parquet(p) for t, p in batch.tables.items()}
+    runs = {t: run_suite(context, batch.dataset, t, frames[t], suites[t]) for t in suites}
+    outcomes = [o for run in runs.values() for o in run.outcomes]
+    report_uri = lake.path("validation", batch.dataset, batch.batch_id, "report.json")
+    docs = context.get_docs_sites_urls()
+    docs_index = docs[0]["site_url"] if docs else None
+    report = {
+        "dataset": batch.dataset,
+        "batch_id": batch.batch_id,
+        "success": all(r.success for r in runs.values()),
+        "policy": config.on_invalid_rows,
+        "failures": [o.__dict__ for o in outcomes if not o.success],
+        "data_docs": docs_index,
+        "results": {t: r.raw for t, r in runs.items()},
+    }
+    quarantine = lake.path("quarantine", batch.dataset, batch.batch_id)
+
+    def reject(reason: str) -> ValidationFailed:
+        for table, frame in frames.items():
+            lake.write_parquet(frame, f"{quarantine}/{table}.parquet")
+        lake.write_json({**report, "stage": "validate", "reason": reason}, f"{quarantine}/reason.json")
+        lake.write_json(report, report_uri)
+        return ValidationFailed(reason, quarantine)
+
+    dropped: dict[str, pl.DataFrame] = {}
+    if not report["success"]:
+        failures = describe_failures(outcomes)
+        table_level = [o for o in outcomes if not o.success and not o.row_level]
+        if config.on_invalid_rows == "fail" or table_level:
+            raise reject(f"validation failed: {failures}")
+        for table, run in runs.items():
+            if run.bad_rows:
+                share = len(run.bad_rows) / max(frames[table].height, 1)
+                if share > config.max_dropped_fraction:
+                    raise reject(
+                        f"validation failed: {len(run.bad_rows)} of {frames[table].height} {table} rows "
+                        f"({share:.1%}) fail, over max_dropped_fraction {config.max_dropped_fraction:.1%}: {failures}"
+                    )
+                mask = pl.Series(range(frames[table].height)).is_in(run.bad_rows)
+                dropped[table] = frames[table].filter(mask)
+                frames[table] = frames[table].filter(~mask)
+        for table, rows in dropped.items():
+            lake.write_parquet(rows, f"{quarantine}/{table}.rejected.parquet")
+        lake.write_json({**report, "stage": "validate", "reason": f"rows dropped: {failures}"}, f"{quarantine}/reason.json")
+    lake.write_json(report, report_uri)
+    tables = {
+        t: lake.write_parquet(f, lake.path("validated", batch.dataset, batch.batch_id, f"{t}.parquet"))
+        for t, f in frames.items()
+    }
+    return ValidatedBatch(
+        dataset=batch.dataset,
+        batch_id=batch.batch_id,
+        tables=tables,
+        rows_in=batch.rows[primary],
+        rows_rejected=sum(f.height for f in dropped.values()),
+        report_uri=report_uri,
+        docs_index=docs_index,
+        outcomes=outcomes,
+    )
