@@ -90,7 +90,7 @@ class StageRunner:
 
 @flow(
     name="training_pipeline",
-    task_runner=DaskTaskRunner(
+    task_runner=DaskTaskRunner(  # type: ignore[arg-type]  # prefect-dask's generics lag Prefect's
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={"n_workers": 1, "threads_per_worker": 2, "processes": False, "dashboard_address": ":0"},
     ),
@@ -109,25 +109,46 @@ def training_pipeline(config: str = str(DEFAULT_CONFIG), traceparent: str | None
         fingerprints = runner.run("fingerprint", stages.fingerprint_sources, dataset.source)
         batch = runner.run("ingest", stages.ingest, dataset.name, dataset.source, fingerprints, lake)
         summary.batch_id, summary.rows_ingested = batch.batch_id, batch.rows[dataset.source.primary]
-        runner.emit("fusion.data.ready", {"dataset": dataset.name, "batch_id": batch.batch_id, "rows": batch.rows, "tables": batch.tables})
+        runner.emit(
+            "fusion.data.ready",
+            {"dataset": dataset.name, "batch_id": batch.batch_id, "rows": batch.rows, "tables": batch.tables},
+        )
 
         stage = "validate"
         suites = {table: load_suite(settings.suite_path(table)) for table in dataset.validation.suites}
         gx_root = str(settings.resolved_home / "gx")
-        valid = runner.run("validate", stages.validate, batch, suites, dataset.validation, dataset.source.primary, lake, gx_root)
-        summary.validation_success, summary.rows_rejected, summary.data_docs = True, valid.rows_rejected, valid.docs_index
+        valid = runner.run(
+            "validate", stages.validate, batch, suites, dataset.validation, dataset.source.primary, lake, gx_root
+        )
+        summary.validation_success, summary.rows_rejected, summary.data_docs = (
+            True,
+            valid.rows_rejected,
+            valid.docs_index,
+        )
         runner.emit(
             "fusion.data.validated",
-            {"dataset": dataset.name, "batch_id": batch.batch_id, "rows_in": valid.rows_in,
-             "rows_rejected": valid.rows_rejected, "report_uri": valid.report_uri, "data_docs": valid.docs_index},
+            {
+                "dataset": dataset.name,
+                "batch_id": batch.batch_id,
+                "rows_in": valid.rows_in,
+                "rows_rejected": valid.rows_rejected,
+                "report_uri": valid.report_uri,
+                "data_docs": valid.docs_index,
+            },
         )
 
         stage = "features"
         features = runner.run("features", stages.build_feature_table, valid, dataset, lake)
         runner.emit(
             "fusion.features.ready",
-            {"dataset": dataset.name, "batch_id": batch.batch_id, "rows": features.rows, "uri": features.path,
-             "feature_spec_version": features.spec_version, "features": len(features.feature_columns)},
+            {
+                "dataset": dataset.name,
+                "batch_id": batch.batch_id,
+                "rows": features.rows,
+                "uri": features.path,
+                "feature_spec_version": features.spec_version,
+                "features": len(features.feature_columns),
+            },
         )
 
         stage = "train"
@@ -139,22 +160,37 @@ def training_pipeline(config: str = str(DEFAULT_CONFIG), traceparent: str | None
         stage = "register"
         tracking_uri = settings.resolved_mlflow_uri
         extra = {"validation_report.json": valid.report_uri}
-        registration = runner.run("register", stages.register, trained, evaluation, features, dataset, lake, extra, tracking_uri)
+        registration = runner.run(
+            "register", stages.register, trained, evaluation, features, dataset, lake, extra, tracking_uri
+        )
         summary.model_name, summary.model_version = registration.model_name, registration.version
         summary.mlflow_run_id = registration.run_id
         runner.emit(
             "fusion.model.trained",
-            {"dataset": dataset.name, "batch_id": batch.batch_id, "model_name": registration.model_name,
-             "version": registration.version, "mlflow_run_id": registration.run_id, "metrics": evaluation.metrics()},
+            {
+                "dataset": dataset.name,
+                "batch_id": batch.batch_id,
+                "model_name": registration.model_name,
+                "version": registration.version,
+                "mlflow_run_id": registration.run_id,
+                "metrics": evaluation.metrics(),
+            },
         )
-        decision = runner.run("promote", stages.promote, registration, evaluation, features, dataset, lake, tracking_uri)
+        decision = runner.run(
+            "promote", stages.promote, registration, evaluation, features, dataset, lake, tracking_uri
+        )
         summary.promoted, summary.aliases, summary.gate_reason = decision.promoted, decision.aliases, decision.reason
         if decision.promoted:
             runner.emit(
                 "fusion.model.promoted",
-                {"dataset": dataset.name, "model_name": registration.model_name, "version": registration.version,
-                 "previous_version": decision.champion_version, "reason": decision.reason,
-                 "test_auc": evaluation.test_auc},
+                {
+                    "dataset": dataset.name,
+                    "model_name": registration.model_name,
+                    "version": registration.version,
+                    "previous_version": decision.champion_version,
+                    "reason": decision.reason,
+                    "test_auc": evaluation.test_auc,
+                },
             )
     except FusionError as exc:
         summary.error = f"{stage}: {exc}"
@@ -165,8 +201,13 @@ def training_pipeline(config: str = str(DEFAULT_CONFIG), traceparent: str | None
             summary.quarantine_uri = exc.quarantine_uri
             runner.emit(
                 "fusion.data.rejected",
-                {"dataset": dataset.name, "batch_id": summary.batch_id, "stage": stage, "reason": str(exc),
-                 "quarantine_uri": summary.quarantine_uri},
+                {
+                    "dataset": dataset.name,
+                    "batch_id": summary.batch_id,
+                    "stage": stage,
+                    "reason": str(exc),
+                    "quarantine_uri": summary.quarantine_uri,
+                },
             )
         raise RunFailed(summary.error, summary.model_dump_json()) from exc
     summary.duration_s = round(time.perf_counter() - started, 3)
@@ -177,7 +218,7 @@ def run_pipeline(config: str | Path | None = None, traceparent: str | None = Non
     """Run the flow with the task runner the settings choose; a failed run raises RunFailed."""
     path = str(config or DEFAULT_CONFIG)
     settings = load_settings(path)
-    pipeline = training_pipeline.with_options(task_runner=task_runner_for(settings))
+    pipeline = training_pipeline.with_options(task_runner=task_runner_for(settings))  # type: ignore[arg-type]
     state = pipeline(config=path, traceparent=traceparent, return_state=True)
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, BaseException):

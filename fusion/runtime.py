@@ -21,6 +21,8 @@ def prepare_environment(settings: Settings, verbose: bool = False) -> None:
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "PREFECT_LOGGING_LEVEL": "INFO" if verbose else "WARNING",
         "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
+        "DASK_LOGGING__DISTRIBUTED": "info" if verbose else "warning",
+        "MLFLOW_LOGGING_LEVEL": "INFO" if verbose else "ERROR",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         "GX_ANALYTICS_ENABLED": "false",

@@ -100,7 +100,7 @@ class RollingAggregate(Frozen):
     value: str = Field(description="Polars SQL expression over the primary table")
     known_at: str = Field(description="Polars SQL expression: when the value becomes known")
     windows_minutes: list[int] = Field(min_length=1)
-    aggs: list[Literal["mean", "count", "sum"]] = Field(default_factory=lambda: ["mean", "count"])
+    aggs: list[Literal["mean", "count", "sum"]] = Field(default_factory=lambda: ["mean", "count"])  # type: ignore[arg-type]
 
 
 class PreviousEvent(Frozen):
@@ -195,9 +195,7 @@ class PipelineConfig(Frozen):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="FUSION_", env_nested_delimiter="__", frozen=True, extra="forbid"
-    )
+    model_config = SettingsConfigDict(env_prefix="FUSION_", env_nested_delimiter="__", frozen=True, extra="forbid")
 
     home: Path = Field(Path(".fusion"), description="state root (lake, MLflow, Prefect, GX, events)")
     lake_uri: str | None = Field(None, description="fsspec URI of the lake; default $FUSION_HOME/lake")

@@ -73,9 +73,9 @@ class TabularClassifier(PythonModel):  # type: ignore[misc]
         missing = [c for c in self.features if c not in frame.columns]
         if missing:
             raise ValueError(f"input lacks feature column(s): {', '.join(missing)}")
-        result: np.ndarray = self.booster.predict(to_matrix(frame, self.features, self.vocab))
-        return result
+        return np.asarray(self.booster.predict(to_matrix(frame, self.features, self.vocab)))
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+    # No type hints on predict: MLflow would read them as an input schema and warn on `Any`.
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         frame = model_input if isinstance(model_input, pl.DataFrame) else pl.from_pandas(pd.DataFrame(model_input))
         return self.predict_frame(frame)

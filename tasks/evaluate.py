@@ -57,7 +57,9 @@ def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[Cali
         mask = index == b
         if mask.any():
             table.append(
-                CalibrationBin(float(edges[b]), float(edges[b + 1]), int(mask.sum()), float(p[mask].mean()), float(y[mask].mean()))
+                CalibrationBin(
+                    float(edges[b]), float(edges[b + 1]), int(mask.sum()), float(p[mask].mean()), float(y[mask].mean())
+                )
             )
     return table
 
@@ -118,8 +120,12 @@ def evaluate_model(
     calibration = calibration_table(y, p)
     gains = model.booster.feature_importance(importance_type="gain")
     artifacts = {
-        "roc.png": lake.write_bytes(plot_roc(y, {"LightGBM": p, f"baseline ({baseline_kind})": baseline}), f"{report_dir}/roc.png"),
-        "feature_importance.png": lake.write_bytes(plot_importance(model.features, gains), f"{report_dir}/feature_importance.png"),
+        "roc.png": lake.write_bytes(
+            plot_roc(y, {"LightGBM": p, f"baseline ({baseline_kind})": baseline}), f"{report_dir}/roc.png"
+        ),
+        "feature_importance.png": lake.write_bytes(
+            plot_importance(model.features, gains), f"{report_dir}/feature_importance.png"
+        ),
         "calibration.json": lake.write_json([c.__dict__ for c in calibration], f"{report_dir}/calibration.json"),
     }
     return Evaluation(

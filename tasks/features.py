@@ -45,6 +45,14 @@ def with_derived(primary: pl.LazyFrame, spec: FeatureSpec, prediction: Predictio
     frame = primary.with_row_index(ROW)
     for name, expr in spec.derived.items():
         frame = frame.with_columns(_sql(expr, name))
+    try:
+        schema = frame.collect_schema()
+    except Exception as exc:
+        raise FeatureError(f"derived columns do not fit the primary table: {exc}") from exc
+    if spec.event_time not in schema:
+        raise FeatureError(f"event_time column {spec.event_time!r} is neither in the table nor derived")
+    if not isinstance(schema[spec.event_time], pl.Datetime):
+        raise FeatureError(f"event_time column {spec.event_time!r} is {schema[spec.event_time]}, not a datetime")
     return frame.with_columns(
         (pl.col(spec.event_time) + pl.duration(minutes=prediction.offset_minutes)).alias(PRED_TIME)
     )
@@ -60,6 +68,10 @@ def calendar_features(spec: FeatureSpec) -> list[pl.Expr]:
         "day_of_year": local.dt.ordinal_day(),
     }
     return [parts[p].cast(pl.Int32).alias(f"cal_{p}") for p in spec.calendar]
+
+
+# Every join_asof below has both sides sorted by time explicitly; Polars cannot verify it
+# when `by` groups are given, so its check is turned off instead of warning each call.
 
 
 def _queries(base: pl.LazyFrame, keys: dict[str, str]) -> pl.LazyFrame:
@@ -86,7 +98,13 @@ def asof_features(base: pl.LazyFrame, tables: dict[str, pl.LazyFrame], spec: Fea
         )
         tolerance = dt.timedelta(minutes=join.tolerance_minutes) if join.tolerance_minutes else None
         joined = _queries(base, {join.left_on: "_key"}).join_asof(
-            right, left_on=PRED_TIME, right_on="_t", by="_key", strategy="backward", tolerance=tolerance
+            right,
+            check_sortedness=False,
+            left_on=PRED_TIME,
+            right_on="_t",
+            by="_key",
+            strategy="backward",
+            tolerance=tolerance,
         )
         out.append(joined.select(ROW, *[f"{join.prefix}{c}" for c in join.columns]))
     return out
@@ -139,8 +157,12 @@ def rolling_features(base: pl.LazyFrame, spec: FeatureSpec) -> list[pl.LazyFrame
         columns: list[pl.Expr] = []
         for w in agg.windows_minutes:
             lower = queries.with_columns((pl.col(PRED_TIME) - pl.duration(minutes=w)).alias("_lo")).sort("_lo")
-            hi = queries.join_asof(events, left_on=PRED_TIME, right_on="_t", by=by, allow_exact_matches=False)
-            lo = lower.join_asof(events, left_on="_lo", right_on="_t", by=by, allow_exact_matches=False)
+            hi = queries.join_asof(
+                events, check_sortedness=False, left_on=PRED_TIME, right_on="_t", by=by, allow_exact_matches=False
+            )
+            lo = lower.join_asof(
+                events, check_sortedness=False, left_on="_lo", right_on="_t", by=by, allow_exact_matches=False
+            )
             frame = frame.join(
                 hi.select(ROW, pl.col("_cs").alias(f"_hs{w}"), pl.col("_cn").alias(f"_hn{w}")), on=ROW, how="left"
             ).join(lo.select(ROW, pl.col("_cs").alias(f"_ls{w}"), pl.col("_cn").alias(f"_ln{w}")), on=ROW, how="left")
@@ -174,7 +196,7 @@ def previous_features(base: pl.LazyFrame, spec: FeatureSpec) -> list[pl.LazyFram
             .sort("_t")
         )
         joined = _queries(base, keys).join_asof(
-            events, left_on=PRED_TIME, right_on="_t", by=by, allow_exact_matches=False
+            events, check_sortedness=False, left_on=PRED_TIME, right_on="_t", by=by, allow_exact_matches=False
         )
         since = ((pl.col(PRED_TIME) - pl.col("_t")).dt.total_seconds() / 60.0).alias(f"{prev.name}_minutes_since")
         out.append(joined.select(ROW, *[f"{prev.name}_{c}" for c in prev.columns], since))
@@ -191,16 +213,11 @@ def build_features(
     """Feature table: id columns, event time, every feature, and the target when given."""
     lazy = {name: frame.lazy() for name, frame in tables.items()}
     base = with_derived(lazy[primary], spec, prediction)
-    try:
-        schema = base.collect_schema()
-    except Exception as exc:
-        raise FeatureError(f"derived columns do not fit table {primary!r}: {exc}") from exc
-    needed = [spec.event_time, *spec.numeric, *spec.categorical, *spec.id_columns]
+    schema = base.collect_schema()
+    needed = [*spec.numeric, *spec.categorical, *spec.id_columns]
     missing = [c for c in needed if c not in schema]
     if missing:
         raise FeatureError(f"feature spec names column(s) {missing} that table {primary!r} does not have")
-    if not isinstance(schema[spec.event_time], pl.Datetime):
-        raise FeatureError(f"event_time column {spec.event_time!r} is {schema[spec.event_time]}, not a datetime")
     own = [*calendar_features(spec), *[pl.col(c) for c in spec.numeric], *[pl.col(c) for c in spec.categorical]]
     names = feature_names(spec)
     head = [c for c in dict.fromkeys([*spec.id_columns, spec.event_time]) if c not in names]

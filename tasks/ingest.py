@@ -122,24 +122,33 @@ def cast_column(column: pl.Series, declared: ColumnType, table: str, timezone: s
     if column.dtype == pl.String:
         text = column.str.strip_chars()
         if declared == "datetime":
-            parsed = text.str.to_datetime(time_unit="us", strict=False)
-            dtype = parsed.dtype
-            assert isinstance(dtype, pl.Datetime)
-            if dtype.time_zone is None:
-                parsed = parsed.dt.replace_time_zone(timezone, ambiguous="earliest", non_existent="null")
-            cast = parsed.dt.convert_time_zone("UTC")
+            # Values with an offset (…Z, +02:00) are absolute; naive ones are in the table's timezone.
+            aware = text.str.contains(r"(Z|[+-]\d{2}:?\d{2})$").fill_null(False)
+            parts = [
+                text.filter(aware).str.to_datetime(time_unit="us", strict=False, time_zone="UTC"),
+                text.filter(~aware)
+                .str.to_datetime(time_unit="us", strict=False)
+                .dt.replace_time_zone(timezone, ambiguous="earliest", non_existent="null")
+                .dt.convert_time_zone("UTC"),
+            ]
+            index = pl.int_range(len(text), eager=True)
+            cast = (
+                pl.DataFrame({"i": pl.concat([index.filter(aware), index.filter(~aware)]), "v": pl.concat(parts)})
+                .sort("i")
+                .get_column("v")
+            )
         elif declared == "date":
             cast = text.str.to_date(strict=False)
         elif declared == "bool":
             lowered = text.str.to_lowercase()
-            cast = (
+            truth = (
                 pl.when(lowered.is_in(["true", "1", "t", "yes"]))
                 .then(True)
                 .when(lowered.is_in(["false", "0", "f", "no"]))
                 .then(False)
                 .otherwise(None)
             )
-            cast = pl.select(cast.alias(column.name)).to_series()
+            cast = pl.select(truth.alias(column.name)).to_series()
         else:
             cast = text.cast(target, strict=False)
         bad = column.filter(column.is_not_null() & cast.is_null())
@@ -171,9 +180,7 @@ def enforce_schema(frame: pl.DataFrame, table: str, config: TableConfig) -> pl.D
     missing = [c for c in config.columns if c not in frame.columns]
     if missing:
         raise SchemaError(f"table {table}: missing column(s) {', '.join(missing)} (found {', '.join(frame.columns)})")
-    return pl.DataFrame(
-        [cast_column(frame[c], t, table, config.datetime_timezone) for c, t in config.columns.items()]
-    )
+    return pl.DataFrame([cast_column(frame[c], t, table, config.datetime_timezone) for c, t in config.columns.items()])
 
 
 def batch_id_for(digests: dict[str, str]) -> str:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import INPUTS, CacheKeyFnPolicy
+from prefect.cache_policies import CacheKeyFnPolicy
+from prefect.utilities.hashing import hash_objects
 
 from fusion.errors import FusionError
 from fusion.events import CloudEvent, EventBus
@@ -46,7 +47,23 @@ def code_version() -> str:
     return digest.hexdigest()[:16]
 
 
-STAGE_CACHE = INPUTS + CacheKeyFnPolicy(cache_key_fn=lambda ctx, inputs: code_version())
+def stage_cache_key(context: Any, inputs: dict[str, Any]) -> str | None:
+    """Inputs hashed one by one, plus the code version.
+
+    Hashing all inputs in one pickle (Prefect's INPUTS) makes the key depend on
+    which objects happen to share a list in memory, so a result loaded from the
+    cache hashes differently from the same result fresh from its task.
+    """
+    digest = hashlib.sha256(code_version().encode())
+    for name in sorted(inputs):
+        value_hash = hash_objects(inputs[name])
+        if value_hash is None:
+            return None  # unhashable input: do not cache rather than collide
+        digest.update(f"{name}={value_hash};".encode())
+    return digest.hexdigest()
+
+
+STAGE_CACHE = CacheKeyFnPolicy(cache_key_fn=stage_cache_key)
 
 
 def retry_unless_bad_data(task: Any, task_run: Any, state: Any) -> bool:
@@ -103,7 +120,9 @@ def build_feature_table(batch: ValidatedBatch, dataset: DatasetConfig, lake: Lak
     spec = dataset.features
     frame = feature_code.build_features(tables, dataset.source.primary, spec, dataset.prediction_time, dataset.target)
     names = feature_code.feature_names(spec)
-    path = lake.path("features", dataset.name, batch.batch_id, f"features-v{spec.version}-{dataset.fingerprint()}.parquet")
+    path = lake.path(
+        "features", dataset.name, batch.batch_id, f"features-v{spec.version}-{dataset.fingerprint()}.parquet"
+    )
     lake.write_parquet(frame, path)
     return feature_code.FeatureSet(
         dataset=dataset.name,
@@ -156,9 +175,7 @@ def register(
     tracking_uri: str,
 ) -> Registration:
     example = lake.read_parquet(features.path).head(5)
-    return register_model(
-        trained, evaluation, dataset, features.batch_id, example, lake, extra_artifacts, tracking_uri
-    )
+    return register_model(trained, evaluation, dataset, features.batch_id, example, lake, extra_artifacts, tracking_uri)
 
 
 @task(name="promote", retries=2, retry_delay_seconds=2)
@@ -178,4 +195,3 @@ def promote(
 def publish(bus: EventBus, event: CloudEvent) -> str:
     bus.publish(event)
     return event.id
-

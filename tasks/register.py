@@ -98,7 +98,9 @@ def register_model(
             }
         )
         mlflow.log_metrics({**evaluation.metrics(), "fit_seconds": trained.fit_seconds})
-        mlflow.set_tags({"fusion.dataset": dataset.name, "fusion.batch_id": batch_id, "fusion.fingerprint": fingerprint})
+        mlflow.set_tags(
+            {"fusion.dataset": dataset.name, "fusion.batch_id": batch_id, "fusion.fingerprint": fingerprint}
+        )
         with tempfile.TemporaryDirectory() as tmp:
             for label, path in {**evaluation.artifacts, **extra_artifacts}.items():
                 local = Path(tmp) / label
@@ -153,8 +155,16 @@ def decide(challenger_auc: float, champion_auc: float | None, gate: GateConfig) 
         return True, "no champion yet"
     margin = challenger_auc - champion_auc
     if margin >= gate.min_delta:
-        return True, f"{gate.metric} {challenger_auc:.4f} beats champion {champion_auc:.4f} by {margin:+.4f} >= {gate.min_delta}"
-    return False, f"{gate.metric} {challenger_auc:.4f} vs champion {champion_auc:.4f}: {margin:+.4f} < min_delta {gate.min_delta}"
+        return (
+            True,
+            f"{gate.metric} {challenger_auc:.4f} beats champion {champion_auc:.4f}"
+            f" by {margin:+.4f} >= {gate.min_delta}",
+        )
+    return (
+        False,
+        f"{gate.metric} {challenger_auc:.4f} vs champion {champion_auc:.4f}:"
+        f" {margin:+.4f} < min_delta {gate.min_delta}",
+    )
 
 
 def promote_if_better(

@@ -50,7 +50,9 @@ def split_by_time(frame: pl.DataFrame, event_time: str, split: SplitConfig, time
     )
     empty = [name for name, n in parts.sizes().items() if n == 0]
     if empty:
-        raise TrainingError(f"split {', '.join(empty)} is empty (train_end={split.train_end}, valid_end={split.valid_end})")
+        raise TrainingError(
+            f"split {', '.join(empty)} is empty (train_end={split.train_end}, valid_end={split.valid_end})"
+        )
     return parts
 
 
@@ -195,4 +197,3 @@ def fit_baseline(
 
     model.fit(frame(parts.train), y_train)
     return model, model.predict_proba(frame(parts.test))[:, 1]
-

@@ -81,7 +81,9 @@ def run_suite(context: Any, dataset: str, table: str, frame: pl.DataFrame, suite
     source = context.data_sources.add_or_update_pandas(f"fusion_{dataset}")
     asset = source.get_asset(table) if table in source.get_asset_names() else source.add_dataframe_asset(table)
     batch_def = next(iter(asset.batch_definitions), None) or asset.add_batch_definition_whole_dataframe("batch")
-    validation = context.validation_definitions.add_or_update(gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
+    validation = context.validation_definitions.add_or_update(
+        gx.ValidationDefinition(name=name, data=batch_def, suite=suite)
+    )
     checkpoint = context.checkpoints.add_or_update(
         gx.Checkpoint(
             name=name,
@@ -100,7 +102,7 @@ def run_suite(context: Any, dataset: str, table: str, frame: pl.DataFrame, suite
             details = r.result or {}
             index = details.get("unexpected_index_list")
             row_level = index is not None
-            if not r.success and row_level:
+            if not r.success and index is not None:
                 bad_rows.update(int(i) for i in index)
             outcomes.append(
                 ExpectationOutcome(
@@ -177,7 +179,9 @@ def validate_batch(
                 frames[table] = frames[table].filter(~mask)
         for table, rows in dropped.items():
             lake.write_parquet(rows, f"{quarantine}/{table}.rejected.parquet")
-        lake.write_json({**report, "stage": "validate", "reason": f"rows dropped: {failures}"}, f"{quarantine}/reason.json")
+        lake.write_json(
+            {**report, "stage": "validate", "reason": f"rows dropped: {failures}"}, f"{quarantine}/reason.json"
+        )
     lake.write_json(report, report_uri)
     tables = {
         t: lake.write_parquet(f, lake.path("validated", batch.dataset, batch.batch_id, f"{t}.parquet"))

@@ -1,0 +1,55 @@
+# Fusion — `make help` lists the targets. `make run` and `make test` set up everything they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+FUSION_HOME ?= .fusion
+export FUSION_HOME
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+
+.PHONY: help setup run test test-fast lint typecheck bench mlflow-ui docs clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(UV):
+	python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --python 3.11
+	@touch $@
+
+setup: $(VENV)/.synced ## install uv and the locked environment (idempotent)
+
+run: setup ## run the training pipeline on the default config (2013 NYC flights)
+	$(VENV)/bin/fusion run
+
+lint: setup ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: setup ## mypy over the packages
+	$(VENV)/bin/mypy fusion tasks flows benchmarks
+
+test: setup lint typecheck ## lint, types and the whole pytest suite (unit, point-in-time, integration)
+	$(VENV)/bin/pytest
+
+test-fast: setup ## unit tests only (no whole-pipeline runs)
+	$(VENV)/bin/pytest -m "not integration"
+
+bench: setup ## pipeline benchmark: orchestrated vs plain-script floor -> docs/BENCHMARKS.md
+	$(PY) -m benchmarks.pipeline --write docs/BENCHMARKS.md
+
+mlflow-ui: setup ## MLflow UI on http://127.0.0.1:5000 over $FUSION_HOME/mlflow.db
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(FUSION_HOME))/mlflow.db --host 127.0.0.1 --port 5000
+
+docs: ## where the GX Data Docs of the last run are
+	@ls $(FUSION_HOME)/gx/gx/uncommitted/data_docs/local_site/index.html 2>/dev/null || echo "no Data Docs yet: make run"
+
+clean: ## remove run state ($FUSION_HOME); keeps the environment
+	rm -rf $(FUSION_HOME)

