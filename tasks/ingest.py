@@ -153,8 +153,10 @@ def cast_column(column: pl.Series, declared: ColumnType, table: str, timezone: s
             cast = text.cast(target, strict=False)
         bad = column.filter(column.is_not_null() & cast.is_null())
         if len(bad):
+            hint = f" (or local times that do not exist in {timezone})" if declared == "datetime" else ""
             raise SchemaError(
-                f"column {name}: expected {declared}, found {len(bad)} value(s) that are not, e.g. {_examples(bad)}"
+                f"column {name}: expected {declared}, found {len(bad)} value(s) that are not{hint},"
+                f" e.g. {_examples(bad)}"
             )
         return cast.alias(column.name)
     if column.dtype.is_numeric() and target.is_numeric():

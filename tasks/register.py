@@ -66,7 +66,6 @@ def register_model(
     tracking_uri: str,
 ) -> Registration:
     import mlflow
-    from mlflow.models import infer_signature
 
     client = _client(tracking_uri)
     name = dataset.model.registered_name
@@ -82,8 +81,7 @@ def register_model(
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     mlflow.set_experiment(f"fusion-{dataset.name}")
-    example = input_example.select(trained.model.features).to_pandas()
-    signature = infer_signature(example, trained.model.predict(None, example))
+    signature, example = model_signature(trained, input_example)
     with mlflow.start_run(run_name=f"{dataset.name}-{batch_id}") as run:
         mlflow.log_params(
             {
@@ -127,6 +125,21 @@ def register_model(
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, CHALLENGER, version)
     return Registration(name, version, run.info.run_id, reused=False)
+
+
+def model_signature(trained: TrainedModel, rows: pl.DataFrame) -> tuple[Any, Any]:
+    """Signature from the feature types, not inferred from a few rows: any feature may be
+    missing at prediction time, and an integer feature with a gap arrives as a float."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    model = trained.model
+    categorical = set(model.vocab.categories)
+    inputs = Schema([ColSpec("string" if c in categorical else "double", c, required=False) for c in model.features])
+    example = rows.select(
+        [pl.col(c).cast(pl.String if c in categorical else pl.Float64) for c in model.features]
+    ).to_pandas()
+    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("double", "probability")])), example
 
 
 def champion_version(client: Any, name: str) -> Any | None:

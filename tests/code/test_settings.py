@@ -48,7 +48,7 @@ def test_unknown_primary_and_missing_file(tmp_path: Path) -> None:
         load_settings(tmp_path / "nope.yaml")
     text = (REPO / "configs/flights.yaml").read_text().replace("primary: flights", "primary: nothing")
     (tmp_path / "c.yaml").write_text(text)
-    with pytest.raises(ValidationError, match="source.primary 'nothing'"):
+    with pytest.raises(ValidationError, match=r"source\.primary 'nothing'"):
         load_settings(tmp_path / "c.yaml")
 
 

@@ -36,9 +36,11 @@ def generate(accounts: int = 1500, transactions: int = 60_000, seed: int = 7) ->
     amount = typical[who] * rng.lognormal(0, 0.5, transactions)
     fraud = np.zeros(transactions, dtype=np.int32)
     # Fraud comes in bursts: a compromised account makes several large web purchases within the hour.
-    bursts = rng.choice(transactions, transactions // 150, replace=False)
+    # Legitimate bursts look alike (a shopping trip), so neither speed nor size alone gives fraud away.
+    bursts = rng.choice(transactions, transactions // 100, replace=False)
     rows = []
-    for start in bursts:
+    for b, start in enumerate(bursts):
+        is_fraud_burst = b % 2 == 0
         n = int(rng.integers(2, 6))
         offsets = np.sort(rng.uniform(0, 3600, n))
         for k, off in enumerate(offsets):
@@ -46,10 +48,10 @@ def generate(accounts: int = 1500, transactions: int = 60_000, seed: int = 7) ->
                 (
                     int(who[start]),
                     float(seconds[start] + off),
-                    int(rng.choice([3, 4, 7])),
-                    "web" if rng.random() < 0.8 else "pos",
-                    float(typical[who[start]] * rng.lognormal(1.3, 0.5)),
-                    1 if k > 0 or rng.random() < 0.6 else 0,
+                    int(rng.choice([3, 4, 7]) if is_fraud_burst else rng.choice(len(CATEGORIES))),
+                    "web" if rng.random() < (0.6 if is_fraud_burst else 0.3) else "pos",
+                    float(typical[who[start]] * rng.lognormal(0.6 if is_fraud_burst else 0.2, 0.7)),
+                    int(is_fraud_burst and (k > 0 or rng.random() < 0.5) and rng.random() < 0.9),
                 )
             )
     extra = np.array(rows, dtype=object)
@@ -64,7 +66,8 @@ def generate(accounts: int = 1500, transactions: int = 60_000, seed: int = 7) ->
             "is_fraud": np.concatenate([fraud, extra[:, 5].astype(np.int32)]),
         }
     ).sort("ts")
-    frame = frame.with_columns(pl.col("ts").dt.strftime("%Y-%m-%d %H:%M:%S"))
+    # Written in UTC with an explicit offset: naive local times would include the DST gap.
+    frame = frame.with_columns(pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
     return frame.with_row_index("txn_id", offset=1).with_columns(pl.col("txn_id").cast(pl.Int64)), account_table
 
 

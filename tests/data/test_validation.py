@@ -1,0 +1,112 @@
+"""The expectation suites in configs/, run by real Great Expectations over real and broken batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from fusion.errors import ValidationFailed
+from fusion.lake import Lake
+from fusion.settings import ValidationConfig
+from tasks.ingest import IngestedBatch
+from tasks.validate import load_suite, validate_batch
+
+
+def land(lake: Lake, tables: dict[str, pl.DataFrame], batch_id: str) -> IngestedBatch:
+    paths = {t: lake.write_parquet(f, lake.path("raw", "flights", batch_id, f"{t}.parquet")) for t, f in tables.items()}
+    return IngestedBatch("flights", batch_id, paths, {t: f.height for t, f in tables.items()})
+
+
+@pytest.fixture(scope="module")
+def suites(flights_settings: Any) -> dict[str, dict[str, Any]]:
+    return {t: load_suite(flights_settings.suite_path(t)) for t in flights_settings.dataset.validation.suites}
+
+
+@pytest.fixture(scope="module")
+def sample(flights_tables: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+    return {"flights": flights_tables["flights"].head(5000), "weather": flights_tables["weather"].head(2000)}
+
+
+def test_real_batch_passes_and_builds_data_docs(
+    tmp_path: Path, flights_tables: dict[str, pl.DataFrame], suites: Any
+) -> None:
+    lake = Lake(str(tmp_path / "lake"))
+    tables = {"flights": flights_tables["flights"], "weather": flights_tables["weather"]}
+    result = validate_batch(land(lake, tables, "b1"), suites, ValidationConfig(), "flights", lake, tmp_path / "gx")
+    assert result.rows_in == 336_776 and result.rows_rejected == 0
+    assert all(o.success for o in result.outcomes) and len(result.outcomes) == sum(
+        len(s["expectations"]) for s in suites.values()
+    )
+    assert result.docs_index and Path(result.docs_index.removeprefix("file://")).is_file()
+    assert lake.read_json(result.report_uri)["success"] is True
+
+
+def broken(sample: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+    flights = sample["flights"].with_columns(
+        pl.when(pl.int_range(pl.len()) < 20)
+        .then(None)
+        .otherwise(pl.col("carrier"))
+        .alias("carrier"),  # nulls forbidden
+        pl.when(pl.int_range(pl.len()).is_between(100, 109))
+        .then(13)
+        .otherwise(pl.col("month"))
+        .alias("month"),  # out of range
+    )
+    return {**sample, "flights": flights}
+
+
+def test_fail_policy_quarantines_the_batch_with_its_result(tmp_path: Path, sample: Any, suites: Any) -> None:
+    lake = Lake(str(tmp_path / "lake"))
+    with pytest.raises(
+        ValidationFailed, match=r"flights\.carrier expect_column_values_to_not_be_null \(20 rows\)"
+    ) as failure:
+        validate_batch(
+            land(lake, broken(sample), "b2"),
+            suites,
+            ValidationConfig(on_invalid_rows="fail"),
+            "flights",
+            lake,
+            tmp_path / "gx",
+        )
+    assert "flights.month expect_column_values_to_be_between (10 rows)" in str(failure.value)
+    quarantine = failure.value.quarantine_uri
+    assert quarantine is not None
+    assert lake.read_parquet(f"{quarantine}/flights.parquet").height == 5000
+    reason = lake.read_json(f"{quarantine}/reason.json")
+    assert reason["success"] is False and {f["column"] for f in reason["failures"]} == {"carrier", "month"}
+    assert not (tmp_path / "lake" / "validated").exists()
+
+
+def test_drop_policy_removes_and_keeps_bad_rows(tmp_path: Path, sample: Any, suites: Any) -> None:
+    lake = Lake(str(tmp_path / "lake"))
+    result = validate_batch(
+        land(lake, broken(sample), "b3"),
+        suites,
+        ValidationConfig(on_invalid_rows="drop"),
+        "flights",
+        lake,
+        tmp_path / "gx",
+    )
+    assert result.rows_rejected == 30
+    assert lake.read_parquet(result.tables["flights"]).height == 5000 - 30
+    rejected = lake.read_parquet(lake.path("quarantine", "flights", "b3", "flights.rejected.parquet"))
+    assert rejected.height == 30 and (rejected["carrier"].is_null() | (rejected["month"] == 13)).all()
+
+
+def test_drop_policy_still_fails_when_too_many_rows_are_bad(tmp_path: Path, sample: Any, suites: Any) -> None:
+    lake = Lake(str(tmp_path / "lake"))
+    config = ValidationConfig(on_invalid_rows="drop", max_dropped_fraction=0.001)
+    with pytest.raises(ValidationFailed, match=r"30 of 5000 flights rows \(0\.6%\) fail"):
+        validate_batch(land(lake, broken(sample), "b4"), suites, config, "flights", lake, tmp_path / "gx")
+
+
+def test_table_level_failure_cannot_be_dropped(tmp_path: Path, sample: Any, suites: Any) -> None:
+    lake = Lake(str(tmp_path / "lake"))
+    empty = {**sample, "flights": sample["flights"].head(0)}
+    with pytest.raises(ValidationFailed, match="expect_table_row_count_to_be_between"):
+        validate_batch(
+            land(lake, empty, "b5"), suites, ValidationConfig(on_invalid_rows="drop"), "flights", lake, tmp_path / "gx"
+        )

@@ -1,0 +1,214 @@
+"""The whole flow, in process, on real data: Prefect (embedded API), Dask LocalCluster, GX, MLflow (sqlite)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from fusion.events import JsonlEventBus
+from fusion.summary import RunSummary
+
+pytestmark = pytest.mark.integration
+
+STAGE_EVENTS = ["fusion.data.ready", "fusion.data.validated", "fusion.features.ready", "fusion.model.trained"]
+
+
+def run(config: Path | None = None) -> RunSummary:
+    from flows.training_pipeline import run_pipeline
+
+    return run_pipeline(config)
+
+
+def mlflow_client(home: Path) -> Any:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{home.resolve() / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def mlflow_versions(home: Path, name: str) -> list[Any]:
+    client = mlflow_client(home)
+    try:
+        return list(client.search_model_versions(f"name = '{name}'"))
+    except Exception:
+        return []
+
+
+@pytest.fixture(scope="module")
+def sample_source(tmp_path_factory: pytest.TempPathFactory, flights_tables: dict[str, pl.DataFrame]) -> Path:
+    """A third of the real flights (every third day), as a Parquet file."""
+    path = tmp_path_factory.mktemp("source") / "flights_sample.parquet"
+    flights_tables["flights"].filter(pl.col("day") % 3 == 0).write_parquet(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sample_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("sample-home")
+
+
+@pytest.fixture
+def on_sample(monkeypatch: pytest.MonkeyPatch, sample_home: Path, sample_source: Path) -> Path:
+    monkeypatch.setenv("FUSION_HOME", str(sample_home))
+    monkeypatch.setenv("FUSION_DATASET__SOURCE__TABLES__FLIGHTS__URI", str(sample_source))
+    return sample_home
+
+
+def test_sample_run_end_to_end(on_sample: Path, sample_source: Path) -> None:
+    summary = run()
+    assert summary.validation_success and summary.rows_rejected == 0
+    assert summary.rows_ingested == pl.scan_parquet(sample_source).select(pl.len()).collect().item() > 100_000
+    assert summary.metrics.test_auc is not None and summary.metrics.baseline_auc is not None
+    assert summary.metrics.test_auc > summary.metrics.baseline_auc > 0.6
+    assert summary.promoted and summary.aliases == ["challenger", "champion"] and summary.model_version == "1"
+    assert summary.data_docs and Path(summary.data_docs.removeprefix("file://")).is_file()
+
+    # Every stage announced itself, in order, on one trace.
+    events = [
+        e for e in JsonlEventBus(on_sample / "events" / "events.jsonl").read() if e.data.get("run_id") == summary.run_id
+    ]
+    assert [e.type for e in events] == [*STAGE_EVENTS, "fusion.model.promoted"]
+    trace_ids = {e.traceparent.split("-")[1] for e in events if e.traceparent}
+    assert trace_ids == {summary.traceparent.split("-")[1]} if summary.traceparent else False
+    assert events[0].data["batch_id"] == summary.batch_id
+
+    # The registered champion is the model that was evaluated: its own predict gives the same AUC.
+    import mlflow.pyfunc
+    from sklearn.metrics import roc_auc_score
+
+    from fusion.settings import load_settings
+    from tasks.train import split_by_time
+
+    settings = load_settings("configs/flights.yaml")
+    mlflow.set_tracking_uri(settings.resolved_mlflow_uri)
+    model = mlflow.pyfunc.load_model("models:/flights_delay@champion")
+    features_path = next((on_sample / "lake" / "features" / "flights" / summary.batch_id).glob("*.parquet"))
+    test = split_by_time(
+        pl.read_parquet(features_path), "sched_dep", settings.dataset.split, settings.dataset.features.timezone
+    ).test
+    columns = [c.name for c in model.metadata.get_input_schema().inputs]
+    auc = roc_auc_score(test["delayed"].to_numpy(), model.predict(test.select(columns).to_pandas()))
+    assert auc == pytest.approx(summary.metrics.test_auc, abs=1e-9)
+    version = mlflow_versions(on_sample, "flights_delay")[0]
+    assert version.tags["fusion.gate.decision"] == "promoted" and version.tags["fusion.batch_id"] == summary.batch_id
+
+
+def test_second_run_hits_the_cache_and_reuses_the_version(on_sample: Path) -> None:
+    summary = run()
+    cached = {s.stage: s.cached for s in summary.stages}
+    assert cached == {
+        "fingerprint": False,
+        "ingest": True,
+        "validate": True,
+        "features": True,
+        "train": True,
+        "evaluate": True,
+        "register": False,
+        "promote": False,
+    }
+    assert summary.model_version == "1" and not summary.promoted and summary.gate_reason == "already the champion"
+    assert len(mlflow_versions(on_sample, "flights_delay")) == 1
+
+
+def test_config_change_invalidates_downstream_and_gate_judges(on_sample: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FUSION_DATASET__MODEL__PARAMS__NUM_LEAVES", "7")
+    monkeypatch.setenv("FUSION_DATASET__GATE__MIN_DELTA", "0.5")  # impossible to beat: must not be promoted
+    summary = run()
+    cached = {s.stage: s.cached for s in summary.stages}
+    assert cached["ingest"] and cached["validate"] and not cached["features"] and not cached["train"]
+    assert summary.model_version == "2" and not summary.promoted
+    assert summary.aliases == ["challenger"] and "< min_delta 0.5" in (summary.gate_reason or "")
+    versions = {str(v.version): v for v in mlflow_versions(on_sample, "flights_delay")}
+    assert versions["2"].tags["fusion.gate.decision"] == "rejected"
+    assert str(mlflow_client(on_sample).get_model_version_by_alias("flights_delay", "champion").version) == "1"
+
+
+def flights_csv(flights: pl.DataFrame) -> pl.DataFrame:
+    return flights.with_columns(pl.col("time_hour").dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+def bad_wrong_type(path: Path, flights: pl.DataFrame) -> Path:
+    frame = flights_csv(flights).with_columns(pl.col("dep_delay").cast(pl.String))
+    frame = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) == 7).then(pl.lit("late")).otherwise(pl.col("dep_delay")).alias("dep_delay")
+    )
+    frame.write_csv(path / "flights.csv")
+    return path / "flights.csv"
+
+
+def bad_nulls(path: Path, flights: pl.DataFrame) -> Path:
+    flights.with_columns(
+        pl.when(pl.int_range(pl.len()) < 5).then(None).otherwise(pl.col("origin")).alias("origin")
+    ).write_parquet(path / "f.parquet")
+    return path / "f.parquet"
+
+
+def bad_range(path: Path, flights: pl.DataFrame) -> Path:
+    flights.with_columns(
+        pl.when(pl.int_range(pl.len()) < 3).then(99).otherwise(pl.col("hour")).alias("hour")
+    ).write_parquet(path / "f.parquet")
+    return path / "f.parquet"
+
+
+def bad_truncated(path: Path, flights: pl.DataFrame) -> Path:
+    buf = io.BytesIO()
+    flights.write_parquet(buf)
+    (path / "f.parquet").write_bytes(buf.getvalue()[: len(buf.getvalue()) * 2 // 3])
+    return path / "f.parquet"
+
+
+@pytest.mark.parametrize(
+    ("make_bad", "stage", "message"),
+    [
+        (
+            bad_wrong_type,
+            "ingest",
+            "column flights.dep_delay: expected float64, found 1 value(s) that are not, e.g. 'late'",
+        ),
+        (bad_nulls, "validate", "flights.origin expect_column_values_to_not_be_null (5 rows)"),
+        (bad_range, "validate", "flights.hour expect_column_values_to_be_between (3 rows)"),
+        (bad_truncated, "ingest", "flights: cannot parse parquet"),
+    ],
+    ids=["wrong-type", "forbidden-nulls", "out-of-range", "truncated-parquet"],
+)
+def test_bad_data_is_quarantined_and_registers_nothing(
+    make_bad: Any,
+    stage: str,
+    message: str,
+    on_sample: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    flights_tables: dict[str, pl.DataFrame],
+) -> None:
+    from flows.training_pipeline import RunFailed
+
+    versions_before = len(mlflow_versions(on_sample, "flights_delay"))
+    bad = make_bad(tmp_path, flights_tables["flights"].head(20_000))
+    monkeypatch.setenv("FUSION_DATASET__SOURCE__TABLES__FLIGHTS__URI", str(bad))
+    with pytest.raises(RunFailed) as failure:
+        run()
+    summary = RunSummary.model_validate_json(failure.value.summary_json)
+    assert summary.error and summary.error.startswith(f"{stage}: ") and message in summary.error
+    assert summary.validation_success is False and summary.model_version is None
+    assert summary.quarantine_uri and Path(summary.quarantine_uri, "reason.json").is_file()
+    assert len(mlflow_versions(on_sample, "flights_delay")) == versions_before
+    last = JsonlEventBus(on_sample / "events" / "events.jsonl").read()[-1]
+    assert last.type == "fusion.data.rejected" and message in last.data["reason"]
+    assert last.data["quarantine_uri"] == summary.quarantine_uri
+
+
+def test_a_second_dataset_runs_from_its_config_alone(fusion_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.datasets.card_transactions import write
+
+    paths = write(fusion_home / "examples")
+    monkeypatch.setenv("FUSION_DATASET__SOURCE__TABLES__TRANSACTIONS__URI", str(paths["transactions"]))
+    monkeypatch.setenv("FUSION_DATASET__SOURCE__TABLES__ACCOUNTS__URI", str(paths["accounts"]))
+    summary = run(Path("configs/card_transactions.yaml"))
+    assert summary.dataset == "card_transactions" and summary.model_name == "card_fraud"
+    assert summary.validation_success and summary.promoted and "champion" in summary.aliases
+    assert summary.metrics.test_auc is not None and summary.metrics.baseline_auc is not None
+    assert summary.metrics.test_auc > 0.75 and summary.metrics.baseline_auc > 0.5
