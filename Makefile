@@ -53,7 +53,7 @@ mlflow-ui: setup ## MLflow UI on http://127.0.0.1:5000 over $FUSION_HOME/mlflow.
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(FUSION_HOME))/mlflow.db --host 127.0.0.1 --port 5000
 
 docs: ## where the GX Data Docs of the last run are
-	@ls $(FUSION_HOME)/gx/gx/uncommitted/data_docs/local_site/index.html 2>/dev/null || echo "no Data Docs yet: make run"
+	@ls $(FUSION_HOME)/gx/uncommitted/data_docs/local_site/index.html 2>/dev/null || echo "no Data Docs yet: make run"
 
 clean: ## remove run state ($FUSION_HOME); keeps the environment
 	rm -rf $(FUSION_HOME)

@@ -106,7 +106,7 @@ def floor(config: str) -> dict[str, Any]:
     timed(
         "validate",
         lambda: validate_batch(
-            state["ingest"], suites, dataset.validation, dataset.source.primary, lake, settings.resolved_home / "gx"
+            state["ingest"], suites, dataset.validation, dataset.source.primary, lake, settings.resolved_home
         ),
     )
     timed("features", features)

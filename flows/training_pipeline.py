@@ -83,7 +83,7 @@ class StageRunner:
             type=type_,  # type: ignore[arg-type]
             subject=self.dataset,
             traceparent=child_traceparent(self.traceparent),
-            data={"run_id": self.summary.run_id, **data},
+            data={"run_id": self.summary.run_id, "dataset": self.dataset, **data},
         )
         stages.publish.submit(self.bus, event).result()
 
@@ -111,24 +111,20 @@ def training_pipeline(config: str = str(DEFAULT_CONFIG), traceparent: str | None
         summary.batch_id, summary.rows_ingested = batch.batch_id, batch.rows[dataset.source.primary]
         runner.emit(
             "fusion.data.ready",
-            {"dataset": dataset.name, "batch_id": batch.batch_id, "rows": batch.rows, "tables": batch.tables},
+            {"batch_id": batch.batch_id, "rows": batch.rows, "tables": batch.tables},
         )
 
         stage = "validate"
         suites = {table: load_suite(settings.suite_path(table)) for table in dataset.validation.suites}
-        gx_root = str(settings.resolved_home / "gx")
+        gx_root = str(settings.resolved_home)  # GX keeps its project in <home>/gx
         valid = runner.run(
             "validate", stages.validate, batch, suites, dataset.validation, dataset.source.primary, lake, gx_root
         )
-        summary.validation_success, summary.rows_rejected, summary.data_docs = (
-            True,
-            valid.rows_rejected,
-            valid.docs_index,
-        )
+        summary.validation_success = True
+        summary.rows_rejected, summary.data_docs = valid.rows_rejected, valid.docs_index
         runner.emit(
             "fusion.data.validated",
             {
-                "dataset": dataset.name,
                 "batch_id": batch.batch_id,
                 "rows_in": valid.rows_in,
                 "rows_rejected": valid.rows_rejected,
@@ -142,7 +138,6 @@ def training_pipeline(config: str = str(DEFAULT_CONFIG), traceparent: str | None
         runner.emit(
             "fusion.features.ready",
             {
-                "dataset": dataset.name,
                 "batch_id": batch.batch_id,
                 "rows": features.rows,
                 "uri": features.path,
@@ -168,7 +163,6 @@ def training_pipeline(config: str = str(DEFAULT_CONFIG), traceparent: str | None
         runner.emit(
             "fusion.model.trained",
             {
-                "dataset": dataset.name,
                 "batch_id": batch.batch_id,
                 "model_name": registration.model_name,
                 "version": registration.version,
@@ -184,7 +178,6 @@ def training_pipeline(config: str = str(DEFAULT_CONFIG), traceparent: str | None
             runner.emit(
                 "fusion.model.promoted",
                 {
-                    "dataset": dataset.name,
                     "model_name": registration.model_name,
                     "version": registration.version,
                     "previous_version": decision.champion_version,
@@ -202,7 +195,6 @@ def training_pipeline(config: str = str(DEFAULT_CONFIG), traceparent: str | None
             runner.emit(
                 "fusion.data.rejected",
                 {
-                    "dataset": dataset.name,
                     "batch_id": summary.batch_id,
                     "stage": stage,
                     "reason": str(exc),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -64,6 +65,8 @@ def run(
 
     prepare_environment(settings, verbose=verbose)
     err.print(f"[bold]fusion run[/bold] dataset=[cyan]{settings.dataset.name}[/cyan] home={settings.resolved_home}")
+    if not os.environ.get("PREFECT_API_URL"):
+        err.print("[dim]no PREFECT_API_URL: starting Prefect's embedded API (about 20-30 s)[/dim]")
     progress = logging.getLogger("fusion.progress")
     progress.setLevel(logging.INFO)
     progress.propagate = False

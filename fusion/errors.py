@@ -5,15 +5,24 @@ class FusionError(Exception):
     """Base of every expected failure of a run (bad data, bad config)."""
 
     stage: str = "run"
+    # Bad data or config fails the same way every time; only a few failures are worth a retry.
+    retryable: bool = False
     # Set where a failing batch was kept, so the summary can point at it.
     batch_id: str | None = None
     quarantine_uri: str | None = None
 
 
 class SourceReadError(FusionError):
-    """A source file could not be read or parsed (missing, truncated, corrupt)."""
+    """A source file could not be parsed (truncated, corrupt, not the declared format)."""
 
     stage = "ingest"
+
+
+class SourceUnavailable(FusionError):
+    """A source could not be reached or read (missing file, network, permissions): worth a retry."""
+
+    stage = "ingest"
+    retryable = True
 
 
 class SchemaError(FusionError):

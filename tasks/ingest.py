@@ -16,7 +16,7 @@ from pathlib import Path
 import fsspec
 import polars as pl
 
-from fusion.errors import FusionError, SchemaError, SourceReadError
+from fusion.errors import FusionError, SchemaError, SourceReadError, SourceUnavailable
 from fusion.lake import Lake
 from fusion.settings import ColumnType, SourceConfig, TableConfig
 
@@ -64,7 +64,7 @@ def source_fingerprint(uri: str) -> str:
         fs, _, (path,) = fsspec.get_fs_token_paths(url)
         info = fs.info(path)
     except Exception as exc:  # any fsspec backend error: missing file, no access, bad URL
-        raise SourceReadError(f"cannot stat source {uri}: {exc}") from exc
+        raise SourceUnavailable(f"cannot stat source {uri}: {exc}") from exc
     keys = ("size", "mtime", "ETag", "etag", "md5", "LastModified", "last_modified", "created")
     return "|".join(f"{k}={info[k]}" for k in keys if k in info)
 
@@ -76,7 +76,7 @@ def read_source_bytes(uri: str) -> bytes:
             payload: bytes = f.read()
             return payload
     except Exception as exc:
-        raise SourceReadError(f"cannot read source {uri}: {exc}") from exc
+        raise SourceUnavailable(f"cannot read source {uri}: {exc}") from exc
 
 
 def detect_format(uri: str, config: TableConfig) -> str:

@@ -70,8 +70,8 @@ def retry_unless_bad_data(task: Any, task_run: Any, state: Any) -> bool:
     """Retry I/O failures; never retry bad data or bad config (it would fail the same way)."""
     try:
         state.result()
-    except FusionError:
-        return False
+    except FusionError as exc:
+        return exc.retryable
     except Exception:
         return True
     return False

@@ -58,6 +58,7 @@ def load_suite(path: Path) -> dict[str, Any]:
 
 
 def _gx_context(gx_root: Path) -> Any:
+    """A file-backed GX context: suites, results and Data Docs persist in <gx_root>/gx."""
     import great_expectations as gx  # slow import (~8 s): only when validation runs
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
