@@ -20,6 +20,8 @@ def prepare_environment(settings: Settings, verbose: bool = False) -> None:
         # The embedded API server can take over 20 s to start on 2 busy cores.
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "PREFECT_LOGGING_LEVEL": "INFO" if verbose else "WARNING",
+        # The CLI prints its own progress and a one-line error; run logs still reach the Prefect API.
+        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO" if verbose else "CRITICAL",
         "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
         "DASK_LOGGING__DISTRIBUTED": "info" if verbose else "warning",
         "MLFLOW_LOGGING_LEVEL": "INFO" if verbose else "ERROR",
