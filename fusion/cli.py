@@ -61,12 +61,13 @@ def run(
         first = str(exc).replace("\n", " ")
         _fail(f"bad config {config}: {first}", 2, None, as_json)
         return
-    from fusion.runtime import prepare_environment
+    from fusion.runtime import prepare_environment, start_embedded_prefect_api
 
     prepare_environment(settings, verbose=verbose)
+    booting = start_embedded_prefect_api()
     err.print(f"[bold]fusion run[/bold] dataset=[cyan]{settings.dataset.name}[/cyan] home={settings.resolved_home}")
     if not os.environ.get("PREFECT_API_URL"):
-        err.print("[dim]no PREFECT_API_URL: starting Prefect's embedded API (about 20-30 s)[/dim]")
+        err.print("[dim]no PREFECT_API_URL: starting Prefect's embedded API (about 20 s)[/dim]")
     progress = logging.getLogger("fusion.progress")
     progress.setLevel(logging.INFO)
     progress.propagate = False
@@ -74,6 +75,8 @@ def run(
 
     from flows.training_pipeline import RunFailed, run_pipeline  # imports Prefect: after the environment is set
 
+    if booting is not None:
+        booting.join()
     try:
         summary = run_pipeline(config)
     except RunFailed as exc:
