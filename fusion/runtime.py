@@ -41,15 +41,24 @@ def start_embedded_prefect_api() -> threading.Thread | None:
 
     Prefect would start it on the flow's first API call; starting it now lets its ~20 s boot
     overlap the ~10 s of imports that come before the flow. Join the thread before running.
+    Its URL is then exported as PREFECT_API_URL, so Dask worker processes started afterwards
+    use this one server instead of each booting an embedded API of its own.
     """
     if os.environ.get("PREFECT_API_URL"):
         return None
 
     def boot() -> None:
-        from prefect.server.api.server import SubprocessASGIServer
-
-        SubprocessASGIServer().start(timeout=int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+        os.environ["PREFECT_API_URL"] = embedded_prefect_api_url()
 
     thread = threading.Thread(target=boot, name="prefect-embedded-api", daemon=True)
     thread.start()
     return thread
+
+
+def embedded_prefect_api_url() -> str:
+    """Start (once per process) Prefect's embedded API server and return its URL."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")))
+    return str(server.api_url)

@@ -125,7 +125,8 @@ def train_lightgbm_dask(
     y = _labels(parts.train, target, "train")
     chunk = max(1, -(-len(y) // workers))
     params = lightgbm_params(config, threads=1)
-    params.pop("metric", None)
+    for key in ("metric", "num_threads"):  # lightgbm.dask sets threads per worker itself
+        params.pop(key, None)
     started = time.perf_counter()
     estimator = lgb.DaskLGBMClassifier(client=client, n_estimators=config.dask_num_boost_round, **params)
     estimator.fit(
