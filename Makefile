@@ -11,7 +11,7 @@ FUSION_HOME ?= .fusion
 export FUSION_HOME
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: help setup run run-example test test-fast lint typecheck bench mlflow-ui docs clean
+.PHONY: help setup run run-example up down status test test-fast lint typecheck bench mlflow-ui docs clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,6 +32,16 @@ run: setup ## run the training pipeline on the default config (2013 NYC flights)
 run-example: setup ## generate the card-transactions example data and run its config (a second dataset)
 	$(PY) -m tests.datasets.card_transactions $(FUSION_HOME)/examples
 	$(VENV)/bin/fusion run --config configs/card_transactions.yaml
+
+up: setup ## start Kafka, Redis, Prefect server + worker, MLflow on loopback (installs what is missing)
+	infra/local/services.sh up
+	@echo "Point Fusion at them:"; infra/local/services.sh env
+
+down: ## stop the services `make up` started (by recorded PID)
+	infra/local/services.sh down
+
+status: ## which local services are running
+	infra/local/services.sh status
 
 lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check .

@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
 from fusion.errors import FusionError
-from fusion.events import CloudEvent, EventBus, build_event_bus, child_traceparent, new_traceparent
+from fusion.events import CloudEvent, EventSink, child_traceparent, new_traceparent
 from fusion.lake import Lake
 from fusion.settings import DEFAULT_CONFIG, Settings, load_settings
 from fusion.summary import RunMetrics, RunSummary, StageReport
@@ -59,9 +59,9 @@ def task_runner_for(settings: Settings) -> DaskTaskRunner:
 class StageRunner:
     """Submits one stage at a time, times it, notes cache hits and emits the stage's event."""
 
-    def __init__(self, summary: RunSummary, bus: EventBus, dataset: str, traceparent: str, refresh: bool) -> None:
+    def __init__(self, summary: RunSummary, sink: EventSink, dataset: str, traceparent: str, refresh: bool) -> None:
         self.summary = summary
-        self.bus = bus
+        self.sink = sink
         self.dataset = dataset
         self.traceparent = traceparent
         self.refresh = refresh
@@ -85,7 +85,7 @@ class StageRunner:
             traceparent=child_traceparent(self.traceparent),
             data={"run_id": self.summary.run_id, "dataset": self.dataset, **data},
         )
-        stages.publish.submit(self.bus, event).result()
+        stages.publish.submit(self.sink, event).result()
 
 
 @flow(
@@ -102,8 +102,8 @@ def training_pipeline(config: str = str(DEFAULT_CONFIG), traceparent: str | None
     lake = Lake(settings.resolved_lake_uri)
     trace = traceparent or new_traceparent()
     summary = RunSummary(run_id=str(flow_run.id) if flow_run.id else None, dataset=dataset.name, traceparent=trace)
-    bus = build_event_bus(settings.resolved_home, settings.kafka_bootstrap_servers)
-    runner = StageRunner(summary, bus, dataset.name, trace, refresh=not settings.pipeline.cache)
+    sink = EventSink(settings.resolved_home, settings.kafka_bootstrap_servers, settings.events)
+    runner = StageRunner(summary, sink, dataset.name, trace, refresh=not settings.pipeline.cache)
     stage = "ingest"
     try:
         fingerprints = runner.run("fingerprint", stages.fingerprint_sources, dataset.source)

@@ -1,21 +1,26 @@
 """The event bus: CloudEvents 1.0 (structured JSON) behind one interface.
 
-Embedded default: an append-only JSONL log under FUSION_HOME. Kafka plugs in
-behind the same `EventBus` protocol when FUSION_KAFKA_BOOTSTRAP_SERVERS is set.
+Embedded default: an append-only JSONL log under FUSION_HOME. With
+FUSION_KAFKA_BOOTSTRAP_SERVERS set, the same events go to Kafka topics.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
 import logging
 import re
 import secrets
+import threading
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fusion.settings import EventsConfig
 
 EventType = Literal[
     "fusion.data.ready",
@@ -90,9 +95,93 @@ class JsonlEventBus:
         return [CloudEvent.model_validate_json(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
-def build_event_bus(home: Path, kafka_bootstrap_servers: str | None) -> EventBus:
-    if kafka_bootstrap_servers:
-        raise NotImplementedError(
-            "the Kafka event bus is not built yet (issue: Kafka event bus); unset FUSION_KAFKA_BOOTSTRAP_SERVERS"
+class KafkaEventBus:
+    """CloudEvents on Kafka: structured JSON values, key = subject (the dataset, so order holds per
+    dataset), acks from all in-sync replicas, idempotent retries. A publish returns once durable."""
+
+    CONTENT_TYPE = ("content-type", b"application/cloudevents+json")
+
+    def __init__(self, bootstrap_servers: str, config: EventsConfig) -> None:
+        from kafka import KafkaProducer
+
+        self.config = config
+        self.bootstrap_servers = bootstrap_servers
+        ensure_topics(bootstrap_servers, all_topics(config), config)
+        timeout_ms = int(config.timeout_s * 1000)
+        self.producer = KafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            client_id="fusion-events",
+            acks="all",
+            retries=10,
+            enable_idempotence=True,
+            max_block_ms=timeout_ms,
+            request_timeout_ms=timeout_ms,
         )
-    return JsonlEventBus(home / "events" / "events.jsonl")
+
+    def publish(self, event: CloudEvent) -> None:
+        topic = self.config.topic_for(event.type)
+        key = event.subject.encode() if event.subject else None
+        future = self.producer.send(topic, key=key, value=event.to_json().encode(), headers=[self.CONTENT_TYPE])
+        future.get(timeout=self.config.timeout_s)
+
+    def close(self) -> None:
+        self.producer.close(timeout=self.config.timeout_s)
+
+
+def all_topics(config: EventsConfig) -> list[str]:
+    types = [t for t in EventType.__args__ if t != "fusion.ingest.requested"]  # type: ignore[attr-defined]
+    return sorted({*(config.topic_for(t) for t in types), config.requests_topic, config.deadletter_topic})
+
+
+def ensure_topics(bootstrap_servers: str, topics: list[str], config: EventsConfig) -> None:
+    """Create the topics that do not exist yet (the broker does not auto-create them)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap_servers,
+            client_id="fusion-admin",
+            request_timeout_ms=int(config.timeout_s * 1000),
+            bootstrap_timeout_ms=int(config.timeout_s * 1000),
+        )
+    except KafkaError as exc:
+        raise ConnectionError(f"Kafka at {bootstrap_servers} is not reachable: {exc!r}") from exc
+    try:
+        missing = sorted(set(topics) - set(admin.list_topics()))
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile by another process
+                admin.create_topics(
+                    [NewTopic(t, config.partitions, config.replication_factor) for t in missing], timeout_ms=10_000
+                )
+    finally:
+        admin.close()
+
+
+_BUSES: dict[tuple[str, str | None, str], EventBus] = {}
+_BUSES_LOCK = threading.Lock()
+
+
+def event_bus(home: Path, kafka_bootstrap_servers: str | None, config: EventsConfig) -> EventBus:
+    """The bus the settings choose, one per process (a Kafka producer is costly to open)."""
+    key = (str(home), kafka_bootstrap_servers, config.model_dump_json())
+    with _BUSES_LOCK:
+        if key not in _BUSES:
+            if kafka_bootstrap_servers:
+                _BUSES[key] = KafkaEventBus(kafka_bootstrap_servers, config)
+            else:
+                _BUSES[key] = JsonlEventBus(home / "events" / "events.jsonl")
+        return _BUSES[key]
+
+
+@dataclass(frozen=True)
+class EventSink:
+    """Where events go, as plain values a task can carry to any Dask worker."""
+
+    home: Path
+    kafka_bootstrap_servers: str | None
+    config: EventsConfig
+
+    def bus(self) -> EventBus:
+        return event_bus(self.home, self.kafka_bootstrap_servers, self.config)

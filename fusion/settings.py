@@ -194,6 +194,21 @@ class PipelineConfig(Frozen):
     dask: DaskConfig = DaskConfig()
 
 
+class EventsConfig(Frozen):
+    """The event bus when Kafka is configured (FUSION_KAFKA_BOOTSTRAP_SERVERS)."""
+
+    topics: dict[str, str] = Field(default_factory=dict, description="event type -> topic; default: the type")
+    partitions: int = Field(3, ge=1, description="partitions of topics Fusion creates")
+    replication_factor: int = Field(1, ge=1)
+    requests_topic: str = "fusion.ingest.requests"
+    deadletter_topic: str = "fusion.deadletter"
+    consumer_group: str = "fusion-trigger"
+    timeout_s: float = Field(15.0, gt=0, description="how long a publish may wait for the broker's acks")
+
+    def topic_for(self, event_type: str) -> str:
+        return self.topics.get(event_type, event_type)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FUSION_", env_nested_delimiter="__", frozen=True, extra="forbid")
 
@@ -206,6 +221,7 @@ class Settings(BaseSettings):
     config_dir: Path = Field(Path("configs"), description="folder the config file was read from")
     dataset: DatasetConfig
     pipeline: PipelineConfig = PipelineConfig()
+    events: EventsConfig = EventsConfig()
 
     @classmethod
     def settings_customise_sources(

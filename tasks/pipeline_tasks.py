@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import CacheKeyFnPolicy
+from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
 from prefect.utilities.hashing import hash_objects
 
 from fusion.errors import FusionError
-from fusion.events import CloudEvent, EventBus
+from fusion.events import CloudEvent, EventSink
 from fusion.lake import Lake
 from fusion.settings import DatasetConfig, SourceConfig, ValidationConfig
 from tasks import features as feature_code
@@ -193,7 +193,7 @@ def promote(
     return promote_if_better(registration, evaluation, test, features.target, dataset.gate, tracking_uri)
 
 
-@task(name="publish-event", retries=3, retry_delay_seconds=1)
-def publish(bus: EventBus, event: CloudEvent) -> str:
-    bus.publish(event)
+@task(name="publish-event", retries=3, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def publish(sink: EventSink, event: CloudEvent) -> str:
+    sink.bus().publish(event)
     return event.id

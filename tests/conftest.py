@@ -4,7 +4,9 @@ embedded API server starts once; each test that runs the pipeline gets its own F
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +84,26 @@ def write_config(directory: Path, base: Path, changes: dict[str, Any]) -> Path:
     path = directory / f"{config['dataset']['name']}-{abs(hash(str(changes)))}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+SERVICES = REPO / "infra" / "local" / "services.sh"
+
+
+def _service(name: str) -> Iterator[None]:
+    """Bring a real service up with infra/local's script; stop it after only if this session started it."""
+    status = subprocess.run([str(SERVICES), "status", name], capture_output=True, text=True, check=True)
+    was_running = f"{name}: running" in status.stderr
+    up = subprocess.run([str(SERVICES), "up", name], capture_output=True, text=True, timeout=900, check=False)
+    if up.returncode != 0:
+        pytest.fail(f"could not start {name}: {up.stderr[-2000:]}")
+    yield
+    if not was_running:
+        subprocess.run([str(SERVICES), "down", name], capture_output=True, timeout=120, check=False)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    service = _service("kafka")
+    next(service)
+    yield f"127.0.0.1:{os.environ.get('FUSION_KAFKA_PORT', '9092')}"
+    next(service, None)

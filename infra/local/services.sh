@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# Real services on loopback for one machine: start, check and stop them by recorded PID.
+#
+#   infra/local/services.sh up     [SERVICE...]   start what is not running (installing what is missing), wait until healthy
+#   infra/local/services.sh down   [SERVICE...]   stop what this script started, by PID (process group)
+#   infra/local/services.sh status [SERVICE...]
+#   infra/local/services.sh env                   the FUSION_*/PREFECT_* variables that point Fusion at them
+#
+# SERVICES: kafka redis prefect prefect-worker mlflow (default: all). State, logs and PIDs live in
+# $FUSION_SERVICES_DIR (default .fusion/services). Ports: FUSION_KAFKA_PORT (9092; controller +1),
+# FUSION_REDIS_PORT (6379), FUSION_PREFECT_PORT (4200), FUSION_MLFLOW_PORT (5000).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+STATE=${FUSION_SERVICES_DIR:-$ROOT/.fusion/services}
+VENV=${VENV:-$ROOT/.venv}
+KAFKA_PORT=${FUSION_KAFKA_PORT:-9092}
+KAFKA_CONTROLLER_PORT=$((KAFKA_PORT + 1))
+REDIS_PORT=${FUSION_REDIS_PORT:-6379}
+PREFECT_PORT=${FUSION_PREFECT_PORT:-4200}
+MLFLOW_PORT=${FUSION_MLFLOW_PORT:-5000}
+WORK_POOL=${FUSION_WORK_POOL:-fusion-local}
+ALL=(kafka redis prefect prefect-worker mlflow)
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+pid_of() { cat "$STATE/$1/pid" 2>/dev/null || true; }
+running() { local pid; pid=$(pid_of "$1"); [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+http_ok() { curl -fs -o /dev/null --max-time 2 "$1"; }
+
+# wait_until NAME SECONDS COMMAND...: poll until COMMAND succeeds; fail with the log tail if the process dies.
+wait_until() {
+    local name=$1 seconds=$2
+    shift 2
+    local deadline=$((SECONDS + seconds))
+    until "$@"; do
+        if ! running "$name"; then
+            tail -n 30 "$STATE/$name/log" >&2 || true
+            die "$name exited during start-up (log: $STATE/$name/log)"
+        fi
+        ((SECONDS < deadline)) || { tail -n 30 "$STATE/$name/log" >&2 || true; die "$name not healthy after ${seconds}s"; }
+        sleep 0.3
+    done
+}
+
+# launch NAME COMMAND...: start in its own process group (so `down` stops its children too), record the PID.
+launch() {
+    local name=$1
+    shift
+    mkdir -p "$STATE/$name"
+    setsid "$@" >"$STATE/$name/log" 2>&1 < /dev/null &
+    echo $! >"$STATE/$name/pid"
+}
+
+apt_install() {
+    command -v apt-get >/dev/null || die "need Debian's $* and apt-get is not here"
+    local sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo="sudo"
+    if [[ ! -f "$STATE/.apt-updated" ]]; then
+        $sudo apt-get update -qq && mkdir -p "$STATE" && touch "$STATE/.apt-updated"
+    fi
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+require_venv() { [[ -x $VENV/bin/python ]] || die "no virtual environment at $VENV: run 'make setup'"; }
+
+# --- kafka: a single KRaft node (broker + controller) from Maven Central jars --------------------
+install_kafka() {
+    command -v java >/dev/null || apt_install openjdk-17-jre-headless
+    local lib=$STATE/kafka/lib pom=$ROOT/infra/local/kafka/pom.xml
+    if [[ ! -f $lib/.complete || $pom -nt $lib/.complete ]]; then
+        command -v mvn >/dev/null || apt_install maven
+        log "kafka: fetching jars from Maven Central"
+        rm -rf "$lib"
+        mvn -q -B -Dstyle.color=never -f "$pom" dependency:copy-dependencies -DoutputDirectory="$lib" -DincludeScope=runtime
+        touch "$lib/.complete"
+    fi
+}
+
+start_kafka() {
+    local dir=$STATE/kafka
+    mkdir -p "$dir/data"
+    cat >"$dir/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=3
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+EOF
+    local java=(java -Xms128m -Xmx512m -XX:+UseG1GC -XX:TieredStopAtLevel=1
+        "-Dlog4j2.configurationFile=$ROOT/infra/local/kafka/log4j2.properties" -cp "$dir/lib/*")
+    if [[ ! -f $dir/data/meta.properties ]]; then
+        local cluster_id
+        cluster_id=$("${java[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
+        "${java[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" >"$dir/format.log" 2>&1 ||
+            { cat "$dir/format.log" >&2; die "kafka: formatting the storage failed"; }
+    fi
+    launch kafka "${java[@]}" kafka.Kafka "$dir/server.properties"
+    wait_until kafka 90 grep -q "Kafka Server started" "$dir/log"
+}
+
+# --- redis: Debian's redis-server, no persistence ----------------------------------------------------
+redis_ping() { redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
+install_redis() { command -v redis-server >/dev/null || apt_install redis-server; }
+start_redis() {
+    mkdir -p "$STATE/redis"
+    launch redis redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+        --dir "$STATE/redis" --daemonize no
+    wait_until redis 30 redis_ping
+}
+
+# --- prefect: API server + UI, and a worker for a local process work pool --------------------------
+install_prefect() { require_venv; }
+PREFECT_ENV=(env "PREFECT_HOME=$STATE/prefect/home" "PREFECT_API_URL=http://127.0.0.1:$PREFECT_PORT/api"
+    PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1)
+start_prefect() {
+    mkdir -p "$STATE/prefect/home"
+    launch prefect "${PREFECT_ENV[@]}" "$VENV/bin/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
+    wait_until prefect 120 http_ok "http://127.0.0.1:$PREFECT_PORT/api/health"
+}
+
+install_prefect-worker() { require_venv; }
+start_prefect-worker() {
+    running prefect || http_ok "http://127.0.0.1:$PREFECT_PORT/api/health" || die "prefect-worker needs the prefect server: up prefect"
+    "${PREFECT_ENV[@]}" "$VENV/bin/prefect" work-pool inspect "$WORK_POOL" >/dev/null 2>&1 ||
+        "${PREFECT_ENV[@]}" "$VENV/bin/prefect" work-pool create "$WORK_POOL" --type process >/dev/null
+    mkdir -p "$STATE/prefect-worker"
+    launch prefect-worker "${PREFECT_ENV[@]}" "$VENV/bin/prefect" worker start --pool "$WORK_POOL" --type process \
+        --name "fusion-local-worker"
+    wait_until prefect-worker 60 grep -q "started" "$STATE/prefect-worker/log"
+}
+
+# --- mlflow: tracking server + UI over sqlite, artifacts served by the server -----------------------
+install_mlflow() { require_venv; }
+start_mlflow() {
+    mkdir -p "$STATE/mlflow/artifacts"
+    launch mlflow env MLFLOW_DISABLE_TELEMETRY=true "$VENV/bin/mlflow" server \
+        --backend-store-uri "sqlite:///$STATE/mlflow/mlflow.db" --artifacts-destination "$STATE/mlflow/artifacts" \
+        --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1
+    wait_until mlflow 120 http_ok "http://127.0.0.1:$MLFLOW_PORT/health"
+}
+
+port_of() {
+    case $1 in
+        kafka) echo "$KAFKA_PORT" ;; redis) echo "$REDIS_PORT" ;; prefect) echo "$PREFECT_PORT" ;;
+        mlflow) echo "$MLFLOW_PORT" ;; *) echo "" ;;
+    esac
+}
+
+url_of() {
+    case $1 in
+        kafka) echo "127.0.0.1:$KAFKA_PORT" ;; redis) echo "redis://127.0.0.1:$REDIS_PORT/0" ;;
+        prefect) echo "http://127.0.0.1:$PREFECT_PORT (UI)" ;; prefect-worker) echo "work pool $WORK_POOL" ;;
+        mlflow) echo "http://127.0.0.1:$MLFLOW_PORT (UI)" ;;
+    esac
+}
+
+up() {
+    local name port
+    for name in "$@"; do
+        if running "$name"; then
+            log "$name: running (pid $(pid_of "$name")) $(url_of "$name")"
+            continue
+        fi
+        port=$(port_of "$name")
+        [[ -z $port ]] || ! port_open "$port" || die "$name: port $port is taken by a process this script did not start"
+        "install_$name"
+        local started=$SECONDS
+        "start_$name"
+        log "$name: up in $((SECONDS - started))s (pid $(pid_of "$name")) $(url_of "$name")"
+    done
+}
+
+down() {
+    local name pid i
+    for name in "$@"; do
+        pid=$(pid_of "$name")
+        if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+            # A Prefect worker shuts down promptly on SIGINT; SIGTERM leaves it waiting.
+            local signal=TERM
+            [[ $name == prefect-worker ]] && signal=INT
+            kill "-$signal" -- "-$pid" 2>/dev/null || kill "-$signal" "$pid"
+            for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+            kill -0 "$pid" 2>/dev/null && { kill -KILL -- "-$pid" 2>/dev/null || true; log "$name: killed"; }
+            log "$name: stopped"
+        fi
+        rm -f "$STATE/$name/pid"
+    done
+}
+
+status() {
+    local name
+    for name in "$@"; do
+        if running "$name"; then log "$name: running (pid $(pid_of "$name")) $(url_of "$name")"; else log "$name: stopped"; fi
+    done
+}
+
+environment() {
+    cat <<EOF
+export FUSION_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT
+export FUSION_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
+export FUSION_MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
+export PREFECT_API_URL=http://127.0.0.1:$PREFECT_PORT/api
+EOF
+}
+
+command=${1:-status}
+shift || true
+services=("$@")
+[[ ${#services[@]} -gt 0 ]] || services=("${ALL[@]}")
+for s in "${services[@]}"; do
+    [[ " ${ALL[*]} " == *" $s "* ]] || die "unknown service '$s' (known: ${ALL[*]})"
+done
+mkdir -p "$STATE"
+case $command in
+    up) up "${services[@]}" ;;
+    down) # stop in reverse order: the worker before its server
+        reversed=()
+        for ((i = ${#services[@]} - 1; i >= 0; i--)); do reversed+=("${services[i]}"); done
+        down "${reversed[@]}" ;;
+    status) status "${services[@]}" ;;
+    env) environment ;;
+    *) die "usage: $0 up|down|status|env [${ALL[*]}]" ;;
+esac
