@@ -11,7 +11,7 @@ FUSION_HOME ?= .fusion
 export FUSION_HOME
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: help setup run run-example up down status test test-fast lint typecheck bench mlflow-ui docs clean
+.PHONY: help setup run run-example up down deploy status test test-fast lint typecheck bench mlflow-ui docs clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -39,6 +39,9 @@ up: setup ## start Kafka, Redis, Prefect server + worker, MLflow on loopback (in
 
 down: ## stop the services `make up` started (by recorded PID)
 	infra/local/services.sh down
+
+deploy: setup ## register prefect.yaml's deployments on the local Prefect server (after make up)
+	FUSION_PROJECT_DIR=$(CURDIR) PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(VENV)/bin/prefect --no-prompt deploy --all
 
 status: ## which local services are running
 	infra/local/services.sh status

@@ -19,7 +19,7 @@ from prefect_dask import DaskTaskRunner
 from fusion.errors import FusionError
 from fusion.events import CloudEvent, EventSink, child_traceparent, new_traceparent
 from fusion.lake import Lake
-from fusion.settings import DEFAULT_CONFIG, Settings, load_settings
+from fusion.settings import DEFAULT_CONFIG, Settings, load_settings, with_overrides
 from fusion.summary import RunMetrics, RunSummary, StageReport
 from tasks import pipeline_tasks as stages
 from tasks.validate import load_suite
@@ -95,9 +95,16 @@ class StageRunner:
         cluster_kwargs={"n_workers": 1, "threads_per_worker": 2, "processes": False, "dashboard_address": ":0"},
     ),
 )
-def training_pipeline(config: str = str(DEFAULT_CONFIG), traceparent: str | None = None) -> RunSummary:
+def training_pipeline(
+    config: str = str(DEFAULT_CONFIG),
+    traceparent: str | None = None,
+    source_uri: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> RunSummary:
+    """One run. `source_uri` replaces the primary table's URI (a new batch); `overrides` is a
+    settings-tree fragment applied on top of the config and the environment."""
     started = time.perf_counter()
-    settings = load_settings(config)
+    settings = with_overrides(load_settings(config), overrides, source_uri)
     dataset = settings.dataset
     lake = Lake(settings.resolved_lake_uri)
     trace = traceparent or new_traceparent()
@@ -206,12 +213,19 @@ def training_pipeline(config: str = str(DEFAULT_CONFIG), traceparent: str | None
     return summary
 
 
-def run_pipeline(config: str | Path | None = None, traceparent: str | None = None) -> RunSummary:
+def run_pipeline(
+    config: str | Path | None = None,
+    traceparent: str | None = None,
+    source_uri: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> RunSummary:
     """Run the flow with the task runner the settings choose; a failed run raises RunFailed."""
     path = str(config or DEFAULT_CONFIG)
-    settings = load_settings(path)
+    settings = with_overrides(load_settings(path), overrides, source_uri)
     pipeline = training_pipeline.with_options(task_runner=task_runner_for(settings))  # type: ignore[arg-type]
-    state = pipeline(config=path, traceparent=traceparent, return_state=True)
+    state = pipeline(
+        config=path, traceparent=traceparent, source_uri=source_uri, overrides=overrides, return_state=True
+    )
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, BaseException):
         raise outcome

@@ -92,6 +92,46 @@ def run(
     show_summary(summary, settings.resolved_mlflow_uri)
 
 
+@app.command()
+def trigger(
+    config: Annotated[Path, typer.Option("--config", "-c", help="config whose kafka/events settings to use")] = (
+        DEFAULT_CONFIG
+    ),
+    deployment: Annotated[str | None, typer.Option(help="Prefect deployment to start (default from config)")] = None,
+) -> None:
+    """Consume ingest requests from Kafka and start a pipeline run for each (until SIGTERM)."""
+    try:
+        settings = load_settings(config)
+    except (FileNotFoundError, ValidationError) as exc:
+        _fail(f"bad config {config}: {str(exc).splitlines()[0]}", 2, None, False)
+        return
+    if not settings.kafka_bootstrap_servers:
+        _fail(
+            "fusion trigger needs FUSION_KAFKA_BOOTSTRAP_SERVERS (make up; infra/local/services.sh env)", 2, None, False
+        )
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail("fusion trigger needs PREFECT_API_URL: runs are created on a Prefect server (make up)", 2, None, False)
+    from fusion.runtime import prepare_environment
+
+    prepare_environment(settings)
+    from fusion.trigger import PrefectDeploymentLauncher, Trigger, run_forever
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("kafka", "httpx", "prefect"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    events = settings.events
+    name = deployment or events.trigger_deployment
+    consumer = Trigger(
+        settings.kafka_bootstrap_servers or "",
+        events,
+        PrefectDeploymentLauncher(name, settings.config_dir),
+        settings.config_dir,
+    )
+    err.print(f"fusion trigger: {events.requests_topic} -> deployment {name} (dead letters: {events.deadletter_topic})")
+    stats = run_forever(consumer)
+    err.print(f"fusion trigger stopped: {stats.launched} run(s) created, {stats.deadlettered} dead-lettered")
+
+
 def show_summary(summary: RunSummary, mlflow_uri: str) -> None:
     table = Table(title=f"run {summary.run_id}", show_header=False, title_justify="left")
     m = summary.metrics

@@ -203,6 +203,9 @@ class EventsConfig(Frozen):
     requests_topic: str = "fusion.ingest.requests"
     deadletter_topic: str = "fusion.deadletter"
     consumer_group: str = "fusion-trigger"
+    trigger_deployment: str = Field(
+        "training_pipeline/triggered", description="Prefect deployment `fusion trigger` starts (prefect.yaml)"
+    )
     timeout_s: float = Field(15.0, gt=0, description="how long a publish may wait for the broker's acks")
 
     def topic_for(self, event_type: str) -> str:
@@ -264,3 +267,27 @@ def load_settings(config: Path | str | None = None, **overrides: Any) -> Setting
     overrides.setdefault("config_dir", path.resolve().parent)
     settings: Settings = bound(**overrides)
     return Settings.model_validate(settings.model_dump())
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def with_overrides(
+    settings: Settings, overrides: dict[str, Any] | None = None, source_uri: str | None = None
+) -> Settings:
+    """Settings with a run's own changes on top (highest priority): a settings-tree fragment such as
+    {"dataset": {"gate": {"min_delta": 0.01}}}, and/or a new URI for the primary table's batch."""
+    if not overrides and not source_uri:
+        return settings
+    update = dict(overrides or {})
+    if source_uri:
+        primary = settings.dataset.source.primary
+        update = deep_merge({"dataset": {"source": {"tables": {primary: {"uri": source_uri}}}}}, update)
+    return Settings.model_validate(deep_merge(settings.model_dump(), update))

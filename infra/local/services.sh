@@ -5,6 +5,7 @@
 #   infra/local/services.sh down   [SERVICE...]   stop what this script started, by PID (process group)
 #   infra/local/services.sh status [SERVICE...]
 #   infra/local/services.sh env                   the FUSION_*/PREFECT_* variables that point Fusion at them
+#   infra/local/services.sh tools                 install the command-line clients the tests use (kcat)
 #
 # SERVICES: kafka redis prefect prefect-worker mlflow (default: all). State, logs and PIDs live in
 # $FUSION_SERVICES_DIR (default .fusion/services). Ports: FUSION_KAFKA_PORT (9092; controller +1),
@@ -234,5 +235,6 @@ case $command in
         down "${reversed[@]}" ;;
     status) status "${services[@]}" ;;
     env) environment ;;
-    *) die "usage: $0 up|down|status|env [${ALL[*]}]" ;;
+    tools) command -v kcat >/dev/null || apt_install kcat ;;  # clients the tests use
+    *) die "usage: $0 up|down|status|env|tools [${ALL[*]}]" ;;
 esac

@@ -1,0 +1,254 @@
+"""`fusion trigger`: Kafka ingest requests -> Prefect deployment runs.
+
+Each record on the requests topic is checked against the `fusion.ingest.requested`
+schema. An invalid one goes to the dead-letter topic with the reason and its
+original bytes; a valid one creates a run of the configured deployment with
+idempotency key = event id, so a redelivered or resent event never starts a
+second run. The offset is committed only once the run exists (or the dead
+letter is durable); while the Prefect API is down the consumer backs off and
+retries the same record without committing.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fusion.events import CloudEvent, ensure_topics
+from fusion.settings import EventsConfig, load_settings, with_overrides
+
+log = logging.getLogger("fusion.trigger")
+MAX_EVENT_BYTES = 256 * 1024
+
+
+class IngestRequest(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataset: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    uri: str | None = Field(None, min_length=1, description="fsspec URI of the new batch of the primary table")
+    params: dict[str, Any] = Field(default_factory=dict, description="settings-tree overrides for this run")
+
+
+class IngestRequested(CloudEvent):
+    """A run request as it arrives: unlike events Fusion makes, id and specversion must be given
+    (the id is the idempotency key)."""
+
+    specversion: Literal["1.0"]
+    id: str = Field(min_length=1, max_length=200)
+    type: Literal["fusion.ingest.requested"]  # type: ignore[assignment]
+    data: IngestRequest  # type: ignore[assignment]
+
+
+class InvalidRequest(Exception):
+    """Why a record cannot be a run request; goes to the dead-letter topic."""
+
+
+def first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "event"
+    return f"{where}: {err['msg']} ({len(exc.errors())} error(s))"
+
+
+def parse_request(payload: bytes | None, configs_dir: Path, max_bytes: int = MAX_EVENT_BYTES) -> IngestRequested:
+    """Bytes of a record -> a checked request, or InvalidRequest naming the field and the reason."""
+    if not payload:
+        raise InvalidRequest("empty payload")
+    if len(payload) > max_bytes:
+        raise InvalidRequest(f"payload of {len(payload)} bytes exceeds the limit of {max_bytes}")
+    try:
+        body = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"a CloudEvent is a JSON object, got {type(body).__name__}")
+    try:
+        event = IngestRequested.model_validate(body)
+    except ValidationError as exc:
+        raise InvalidRequest(first_error(exc)) from exc
+    config = configs_dir / f"{event.data.dataset}.yaml"
+    if not config.is_file():
+        raise InvalidRequest(f"data.dataset: no config {config.name} in {configs_dir}")
+    if event.data.params or event.data.uri:
+        try:
+            with_overrides(load_settings(config), event.data.params, event.data.uri)
+        except ValidationError as exc:
+            raise InvalidRequest(f"data.params: {first_error(exc)}") from exc
+    return event
+
+
+def deadletter_record(payload: bytes | None, reason: str, topic: str, partition: int, offset: int) -> bytes:
+    return json.dumps(
+        {
+            "reason": reason,
+            "source": {"topic": topic, "partition": partition, "offset": offset},
+            "received_at": dt.datetime.now(dt.UTC).isoformat(),
+            "original_base64": base64.b64encode(payload or b"").decode(),
+        }
+    ).encode()
+
+
+class RunLauncher(Protocol):
+    def launch(self, event: IngestRequested) -> str: ...
+
+
+class PrefectDeploymentLauncher:
+    """Creates a run of a Prefect deployment through the Prefect API (PREFECT_API_URL)."""
+
+    def __init__(self, deployment: str, configs_dir: Path) -> None:
+        self.deployment = deployment
+        self.configs_dir = configs_dir
+        self._deployment_id: Any = None
+
+    def launch(self, event: IngestRequested) -> str:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            if self._deployment_id is None:
+                self._deployment_id = client.read_deployment_by_name(self.deployment).id
+            trace = event.traceparent
+            config = self.configs_dir / f"{event.data.dataset}.yaml"
+            # Relative when possible: the worker resolves it in its own checkout of the project.
+            with contextlib.suppress(ValueError):
+                config = config.resolve().relative_to(Path.cwd())
+            run = client.create_flow_run_from_deployment(
+                self._deployment_id,
+                parameters={
+                    "config": str(config),
+                    "traceparent": trace,
+                    "source_uri": event.data.uri,
+                    "overrides": event.data.params or None,
+                },
+                idempotency_key=event.id,
+                tags=["fusion-trigger", f"event:{event.id}", *([f"trace:{trace.split('-')[1]}"] if trace else [])],
+            )
+            return str(run.id)
+
+
+@dataclass
+class TriggerStats:
+    launched: int = 0
+    deadlettered: int = 0
+    retries: int = 0
+
+
+class Trigger:
+    """The consumer loop. `stop()` (or SIGTERM/SIGINT via `install_signal_handlers`) ends it cleanly."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        events: EventsConfig,
+        launcher: RunLauncher,
+        configs_dir: Path,
+        fetch_max_wait_ms: int = 20,
+        max_backoff_s: float = 10.0,
+        on_launch: Callable[[IngestRequested, str], None] | None = None,
+    ) -> None:
+        from kafka import KafkaConsumer, KafkaProducer
+
+        ensure_topics(bootstrap_servers, [events.requests_topic, events.deadletter_topic], events)
+        self.events = events
+        self.launcher = launcher
+        self.configs_dir = configs_dir
+        self.max_backoff_s = max_backoff_s
+        self.on_launch = on_launch
+        self.stats = TriggerStats()
+        self._stop = threading.Event()
+        self.consumer = KafkaConsumer(
+            events.requests_topic,
+            bootstrap_servers=bootstrap_servers,
+            group_id=events.consumer_group,
+            client_id="fusion-trigger",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # kafka-python waits up to 500 ms for a fetch to fill by default: most of a request's latency.
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            max_poll_records=50,
+        )
+        self.producer = KafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            client_id="fusion-trigger-deadletter",
+            acks="all",
+            retries=10,
+            enable_idempotence=True,
+            max_block_ms=int(events.timeout_s * 1000),
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def run(self) -> TriggerStats:
+        try:
+            while not self._stop.is_set():
+                for records in self.consumer.poll(timeout_ms=200).values():
+                    for record in records:
+                        if not self.handle(record):
+                            return self.stats  # stopped while retrying: this record stays uncommitted
+        finally:
+            self.consumer.close(autocommit=False)
+            self.producer.close(timeout=self.events.timeout_s)
+        return self.stats
+
+    def handle(self, record: Any) -> bool:
+        """Deal with one record and commit it; False if asked to stop before it was done."""
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        try:
+            event = parse_request(record.value, self.configs_dir)
+        except InvalidRequest as exc:
+            reason = str(exc)
+            self.producer.send(
+                self.events.deadletter_topic,
+                key=record.key,
+                value=deadletter_record(record.value, reason, record.topic, record.partition, record.offset),
+                headers=[("fusion-deadletter-reason", reason[:500].encode()), ("content-type", b"application/json")],
+            ).get(timeout=self.events.timeout_s)
+            self.stats.deadlettered += 1
+            log.warning("dead-lettered %s/%s@%s: %s", record.topic, record.partition, record.offset, reason)
+        else:
+            run_id = self._launch_with_backoff(event)
+            if run_id is None:
+                return False
+            self.stats.launched += 1
+            log.info("event %s -> flow run %s", event.id, run_id)
+            if self.on_launch:
+                self.on_launch(event, run_id)
+        partition = TopicPartition(record.topic, record.partition)
+        self.consumer.commit({partition: OffsetAndMetadata(record.offset + 1, "", -1)})
+        return True
+
+    def _launch_with_backoff(self, event: IngestRequested) -> str | None:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                return self.launcher.launch(event)
+            except Exception as exc:  # API down, timeouts, 5xx: the same event is tried again
+                self.stats.retries += 1
+                log.warning("cannot create the run for event %s (%s); retrying in %.1f s", event.id, exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.max_backoff_s)
+        return None
+
+
+def run_forever(trigger: Trigger) -> TriggerStats:
+    trigger.install_signal_handlers()
+    started = time.monotonic()
+    stats = trigger.run()
+    log.info("trigger stopped after %.0f s: %s", time.monotonic() - started, stats)
+    return stats
