@@ -4,57 +4,15 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer
+from kafka import KafkaAdminClient
 
 from fusion.events import CloudEvent, EventSink, KafkaEventBus, all_topics, new_traceparent
-from fusion.settings import EventsConfig
+from tests.services.support import STAGES, consume, isolated_config
 
 pytestmark = pytest.mark.services
-
-STAGES = [
-    "fusion.data.ready",
-    "fusion.data.validated",
-    "fusion.features.ready",
-    "fusion.model.trained",
-    "fusion.model.promoted",
-]
-
-
-def isolated_config(**extra: Any) -> EventsConfig:
-    """Topics of this test alone, so tests share the broker without seeing each other's events."""
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    types = [*STAGES, "fusion.data.rejected"]
-    return EventsConfig(
-        topics={t: f"{prefix}.{t}" for t in types},
-        requests_topic=f"{prefix}.requests",
-        deadletter_topic=f"{prefix}.deadletter",
-        **extra,
-    )
-
-
-def consume(bootstrap: str, topics: list[str], count: int, timeout_s: float = 30) -> list[Any]:
-    consumer = KafkaConsumer(
-        *topics,
-        bootstrap_servers=bootstrap,
-        group_id=f"test-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        fetch_max_wait_ms=50,
-    )
-    records: list[Any] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(records) < count and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=200).values():
-                records.extend(batch)
-    finally:
-        consumer.close()
-    return records
 
 
 def test_events_are_structured_cloudevents_keyed_by_dataset(kafka_bootstrap: str) -> None:

@@ -7,94 +7,26 @@ runs here, so created runs stay scheduled and are counted through the Prefect AP
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-from kafka import KafkaProducer
 
-from tests.conftest import REPO, SERVICES, _service
-from tests.services.test_kafka_events import consume
+from tests.conftest import SERVICES
+from tests.services.support import (
+    TriggerProcess,
+    consume,
+    delete_scheduled_runs,
+    request,
+    runs_for,
+    send,
+    wait_for_runs,
+)
 
 pytestmark = pytest.mark.services
-
-
-@pytest.fixture(scope="session")
-def prefect_api() -> Iterator[str]:
-    service = _service("prefect")
-    next(service)
-    url = f"http://127.0.0.1:{os.environ.get('FUSION_PREFECT_PORT', '4200')}/api"
-    env = {**os.environ, "PREFECT_API_URL": url, "FUSION_PROJECT_DIR": str(REPO)}
-    prefect = str(Path(sys.executable).parent / "prefect")
-    if subprocess.run(
-        [prefect, "work-pool", "inspect", "fusion-local"], env=env, capture_output=True, check=False
-    ).returncode:
-        subprocess.run(
-            [prefect, "work-pool", "create", "fusion-local", "--type", "process"],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-    deployed = subprocess.run(
-        [prefect, "--no-prompt", "deploy", "--all"], cwd=REPO, env=env, capture_output=True, text=True, check=False
-    )
-    assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
-    yield url
-    next(service, None)
-
-
-@pytest.fixture(scope="session")
-def kcat() -> str:
-    subprocess.run([str(SERVICES), "tools"], check=True, capture_output=True, timeout=600)
-    path = shutil.which("kcat")
-    assert path, "kcat was not installed"
-    return path
-
-
-class TriggerProcess:
-    def __init__(self, bootstrap: str, api: str, tmp: Path) -> None:
-        prefix = f"t{uuid.uuid4().hex[:8]}"
-        self.bootstrap = bootstrap
-        self.api = api
-        self.requests_topic = f"{prefix}.requests"
-        self.deadletter_topic = f"{prefix}.deadletter"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("FUSION_", "PREFECT_"))}
-        env.update(
-            {
-                "FUSION_HOME": str(tmp / "home"),
-                "FUSION_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-                "FUSION_EVENTS__REQUESTS_TOPIC": self.requests_topic,
-                "FUSION_EVENTS__DEADLETTER_TOPIC": self.deadletter_topic,
-                "FUSION_EVENTS__CONSUMER_GROUP": f"{prefix}-trigger",
-                "PREFECT_API_URL": api,
-            }
-        )
-        self.stderr = tmp / "trigger.err"
-        self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "fusion"), "trigger"],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=self.stderr.open("w"),
-        )
-        deadline = time.monotonic() + 60
-        while "fusion trigger:" not in self.stderr.read_text():
-            assert self.process.poll() is None, self.stderr.read_text()[-3000:]
-            assert time.monotonic() < deadline, "trigger did not start"
-            time.sleep(0.2)
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
 
 
 @pytest.fixture
@@ -103,45 +35,7 @@ def trigger(kafka_bootstrap: str, prefect_api: str, tmp_path: Path) -> Iterator[
     yield process
     if process.process.poll() is None:
         assert process.stop() == 0, process.stderr.read_text()[-3000:]
-
-
-def request(event_id: str, dataset: str = "flights", **data: Any) -> bytes:
-    return json.dumps(
-        {
-            "specversion": "1.0",
-            "id": event_id,
-            "source": "/tests/trigger",
-            "type": "fusion.ingest.requested",
-            "traceparent": f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01",
-            "data": {"dataset": dataset, **data},
-        }
-    ).encode()
-
-
-def runs_for(api: str, event_id: str) -> list[dict[str, Any]]:
-    body = {"flow_runs": {"tags": {"all_": [f"event:{event_id}"]}}}
-    response = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10)
-    response.raise_for_status()
-    runs: list[dict[str, Any]] = response.json()
-    return runs
-
-
-def wait_for_runs(api: str, event_id: str, timeout_s: float = 30) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        runs = runs_for(api, event_id)
-        if runs:
-            return runs
-        time.sleep(0.2)
-    return []
-
-
-def send(bootstrap: str, topic: str, payloads: list[bytes]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=2_000_000)
-    for payload in payloads:
-        producer.send(topic, value=payload, key=b"flights")
-    producer.flush()
-    producer.close()
+    delete_scheduled_runs(prefect_api)
 
 
 def test_requests_from_kcat_and_kafka_python_each_create_a_run(trigger: TriggerProcess, kcat: str) -> None:
@@ -219,3 +113,20 @@ def test_malformed_events_are_dead_lettered_and_the_consumer_lives(trigger: Trig
 def test_sigterm_stops_it_cleanly(trigger: TriggerProcess) -> None:
     assert trigger.stop() == 0
     assert "fusion trigger stopped" in trigger.stderr.read_text()
+
+
+def test_broker_restart_with_events_in_flight_loses_none_and_duplicates_none(trigger: TriggerProcess) -> None:
+    before = [f"pre-{i}-{uuid.uuid4().hex[:6]}" for i in range(15)]
+    after = [f"post-{i}-{uuid.uuid4().hex[:6]}" for i in range(15)]
+    send(trigger.bootstrap, trigger.requests_topic, [request(e) for e in before])
+    subprocess.run([str(SERVICES), "down", "kafka"], check=True, capture_output=True, timeout=120)
+    subprocess.run([str(SERVICES), "up", "kafka"], check=True, capture_output=True, timeout=300)
+    send(trigger.bootstrap, trigger.requests_topic, [request(e) for e in after])
+    deadline = time.monotonic() + 120
+    pending = set(before + after)
+    while pending and time.monotonic() < deadline:
+        pending = {e for e in pending if not runs_for(trigger.api, e)}
+        time.sleep(0.5)
+    assert not pending, f"{len(pending)} requests never became runs"
+    assert all(len(runs_for(trigger.api, e)) == 1 for e in before + after)
+    assert trigger.process.poll() is None

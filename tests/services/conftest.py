@@ -1,0 +1,46 @@
+"""Fixtures for tests against real services started by infra/local/services.sh."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, SERVICES, _service
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    service = _service("prefect")
+    next(service)
+    url = f"http://127.0.0.1:{os.environ.get('FUSION_PREFECT_PORT', '4200')}/api"
+    env = {**os.environ, "PREFECT_API_URL": url, "FUSION_PROJECT_DIR": str(REPO)}
+    prefect = str(Path(sys.executable).parent / "prefect")
+    if subprocess.run(
+        [prefect, "work-pool", "inspect", "fusion-local"], env=env, capture_output=True, check=False
+    ).returncode:
+        subprocess.run(
+            [prefect, "work-pool", "create", "fusion-local", "--type", "process"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+    deployed = subprocess.run(
+        [prefect, "--no-prompt", "deploy", "--all"], cwd=REPO, env=env, capture_output=True, text=True, check=False
+    )
+    assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
+    yield url
+    next(service, None)
+
+
+@pytest.fixture(scope="session")
+def kcat() -> str:
+    subprocess.run([str(SERVICES), "tools"], check=True, capture_output=True, timeout=600)
+    path = shutil.which("kcat")
+    assert path, "kcat was not installed"
+    return path

@@ -1,0 +1,142 @@
+"""Helpers shared by the tests against real services."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+from kafka import KafkaConsumer, KafkaProducer
+
+from fusion.settings import EventsConfig
+from tests.conftest import REPO
+
+STAGES = [
+    "fusion.data.ready",
+    "fusion.data.validated",
+    "fusion.features.ready",
+    "fusion.model.trained",
+    "fusion.model.promoted",
+]
+
+
+def isolated_config(**extra: Any) -> EventsConfig:
+    """Topics of this test alone, so tests share the broker without seeing each other's events."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    types = [*STAGES, "fusion.data.rejected"]
+    return EventsConfig(
+        topics={t: f"{prefix}.{t}" for t in types},
+        requests_topic=f"{prefix}.requests",
+        deadletter_topic=f"{prefix}.deadletter",
+        **extra,
+    )
+
+
+def consume(bootstrap: str, topics: list[str], count: int, timeout_s: float = 30) -> list[Any]:
+    consumer = KafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id=f"test-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=50,
+    )
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(records) < count and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+    finally:
+        consumer.close()
+    return records
+
+
+class TriggerProcess:
+    def __init__(self, bootstrap: str, api: str, tmp: Path) -> None:
+        prefix = f"t{uuid.uuid4().hex[:8]}"
+        self.bootstrap = bootstrap
+        self.api = api
+        self.requests_topic = f"{prefix}.requests"
+        self.deadletter_topic = f"{prefix}.deadletter"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FUSION_", "PREFECT_"))}
+        env.update(
+            {
+                "FUSION_HOME": str(tmp / "home"),
+                "FUSION_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                "FUSION_EVENTS__REQUESTS_TOPIC": self.requests_topic,
+                "FUSION_EVENTS__DEADLETTER_TOPIC": self.deadletter_topic,
+                "FUSION_EVENTS__CONSUMER_GROUP": f"{prefix}-trigger",
+                "PREFECT_API_URL": api,
+            }
+        )
+        self.stderr = tmp / "trigger.err"
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "fusion"), "trigger"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=self.stderr.open("w"),
+        )
+        deadline = time.monotonic() + 60
+        while "fusion trigger:" not in self.stderr.read_text():
+            assert self.process.poll() is None, self.stderr.read_text()[-3000:]
+            assert time.monotonic() < deadline, "trigger did not start"
+            time.sleep(0.2)
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+
+def delete_scheduled_runs(api: str) -> None:
+    """Runs created here are never meant to execute: remove them before a worker could pick them up."""
+    body = {"flow_runs": {"tags": {"all_": ["fusion-trigger"]}, "state": {"type": {"any_": ["SCHEDULED", "PENDING"]}}}}
+    for run in httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json():
+        httpx.delete(f"{api}/flow_runs/{run['id']}", timeout=10)
+
+
+def request(event_id: str, dataset: str = "flights", **data: Any) -> bytes:
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": "/tests/trigger",
+            "type": "fusion.ingest.requested",
+            "traceparent": f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01",
+            "data": {"dataset": dataset, **data},
+        }
+    ).encode()
+
+
+def runs_for(api: str, event_id: str) -> list[dict[str, Any]]:
+    body = {"flow_runs": {"tags": {"all_": [f"event:{event_id}"]}}}
+    response = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10)
+    response.raise_for_status()
+    runs: list[dict[str, Any]] = response.json()
+    return runs
+
+
+def wait_for_runs(api: str, event_id: str, timeout_s: float = 30) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        runs = runs_for(api, event_id)
+        if runs:
+            return runs
+        time.sleep(0.2)
+    return []
+
+
+def send(bootstrap: str, topic: str, payloads: list[bytes]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=2_000_000)
+    for payload in payloads:
+        producer.send(topic, value=payload, key=b"flights")
+    producer.flush()
+    producer.close()

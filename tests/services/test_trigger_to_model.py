@@ -1,0 +1,84 @@
+"""From a Kafka request to a registered model: trigger -> Prefect server -> process worker -> flow -> Kafka events."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fusion.events import CloudEvent
+from tests.conftest import _service
+from tests.services.support import (
+    STAGES,
+    TriggerProcess,
+    consume,
+    delete_scheduled_runs,
+    isolated_config,
+    runs_for,
+    send,
+    wait_for_runs,
+)
+
+pytestmark = pytest.mark.services
+
+
+@pytest.fixture
+def worker(prefect_api: str) -> Iterator[None]:
+    delete_scheduled_runs(prefect_api)  # nothing but this test's run may reach the worker
+    service = _service("prefect-worker")
+    next(service)
+    yield
+    next(service, None)
+
+
+def test_request_becomes_a_completed_run_whose_events_share_its_trace(
+    kafka_bootstrap: str, prefect_api: str, worker: None, tmp_path: Path
+) -> None:
+    from tests.datasets.card_transactions import write
+
+    trigger = TriggerProcess(kafka_bootstrap, prefect_api, tmp_path)
+    try:
+        paths = write(tmp_path / "data")
+        events = isolated_config()
+        trace_id = uuid.uuid4().hex
+        event_id = f"e2e-{uuid.uuid4().hex[:8]}"
+        payload = {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": "/tests/e2e",
+            "type": "fusion.ingest.requested",
+            "traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01",
+            "data": {
+                "dataset": "card_transactions",
+                "uri": str(paths["transactions"]),
+                # everything else a run needs, as overrides: its own home, the accounts table, Kafka topics
+                "params": {
+                    "home": str(tmp_path / "home"),
+                    "kafka_bootstrap_servers": kafka_bootstrap,
+                    "events": {"topics": events.topics},
+                    "dataset": {"source": {"tables": {"accounts": {"uri": str(paths["accounts"])}}}},
+                },
+            },
+        }
+        send(kafka_bootstrap, trigger.requests_topic, [json.dumps(payload).encode()])
+        (run,) = wait_for_runs(prefect_api, event_id)
+        deadline = time.monotonic() + 300
+        state = run["state"]["type"]
+        while state not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and time.monotonic() < deadline:
+            time.sleep(1)
+            state = httpx.get(f"{prefect_api}/flow_runs/{run['id']}", timeout=10).json()["state"]["type"]
+        assert state == "COMPLETED", state
+        records = consume(kafka_bootstrap, [events.topic_for(t) for t in STAGES], len(STAGES), timeout_s=30)
+        stage_events = sorted((CloudEvent.model_validate_json(r.value) for r in records), key=lambda e: e.time)
+        assert [e.type for e in stage_events] == STAGES
+        assert {e.traceparent.split("-")[1] for e in stage_events if e.traceparent} == {trace_id}
+        assert {e.data["run_id"] for e in stage_events} == {run["id"]}
+        assert (tmp_path / "home" / "mlflow.db").is_file()
+        assert len(runs_for(prefect_api, event_id)) == 1
+    finally:
+        assert trigger.stop() == 0
