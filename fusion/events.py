@@ -6,6 +6,7 @@ FUSION_KAFKA_BOOTSTRAP_SERVERS set, the same events go to Kafka topics.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime as dt
 import fcntl
@@ -163,6 +164,9 @@ _BUSES: dict[tuple[str, str | None, str], EventBus] = {}
 _BUSES_LOCK = threading.Lock()
 
 
+atexit.register(lambda: close_event_buses())  # flush before the interpreter and its logging shut down
+
+
 def event_bus(home: Path, kafka_bootstrap_servers: str | None, config: EventsConfig) -> EventBus:
     """The bus the settings choose, one per process (a Kafka producer is costly to open)."""
     key = (str(home), kafka_bootstrap_servers, config.model_dump_json())
@@ -173,6 +177,16 @@ def event_bus(home: Path, kafka_bootstrap_servers: str | None, config: EventsCon
             else:
                 _BUSES[key] = JsonlEventBus(home / "events" / "events.jsonl")
         return _BUSES[key]
+
+
+def close_event_buses() -> None:
+    """Close every cached bus (flushes Kafka producers); later calls open new ones."""
+    with _BUSES_LOCK:
+        buses = list(_BUSES.values())
+        _BUSES.clear()
+    for bus in buses:
+        if isinstance(bus, KafkaEventBus):
+            bus.close()
 
 
 @dataclass(frozen=True)

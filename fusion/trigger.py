@@ -194,12 +194,30 @@ class Trigger:
             signal.signal(sig, lambda *_: self.stop())
 
     def run(self) -> TriggerStats:
+        from kafka.errors import KafkaError
+        from kafka.structs import TopicPartition
+
         try:
             while not self._stop.is_set():
                 for records in self.consumer.poll(timeout_ms=200).values():
                     for record in records:
-                        if not self.handle(record):
-                            return self.stats  # stopped while retrying: this record stays uncommitted
+                        try:
+                            if not self.handle(record):
+                                return self.stats  # stopped while retrying: this record stays uncommitted
+                        except KafkaError as exc:
+                            # Broker gone mid-record (dead letter or commit failed): read this record
+                            # again later. A run it already created is found again by its idempotency key.
+                            self.stats.retries += 1
+                            log.warning(
+                                "broker error at %s/%s@%s (%r); retrying",
+                                record.topic,
+                                record.partition,
+                                record.offset,
+                                exc,
+                            )
+                            self.consumer.seek(TopicPartition(record.topic, record.partition), record.offset)
+                            self._stop.wait(1.0)
+                            break
         finally:
             self.consumer.close(autocommit=False)
             self.producer.close(timeout=self.events.timeout_s)

@@ -44,3 +44,12 @@ def kcat() -> str:
     path = shutil.which("kcat")
     assert path, "kcat was not installed"
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def close_producers(kafka_bootstrap: str) -> Iterator[None]:
+    """Producers the pipeline cached in this process are closed while the broker is still up."""
+    yield
+    from fusion.events import close_event_buses
+
+    close_event_buses()
