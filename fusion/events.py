@@ -103,21 +103,10 @@ class KafkaEventBus:
     CONTENT_TYPE = ("content-type", b"application/cloudevents+json")
 
     def __init__(self, bootstrap_servers: str, config: EventsConfig) -> None:
-        from kafka import KafkaProducer
-
         self.config = config
         self.bootstrap_servers = bootstrap_servers
         ensure_topics(bootstrap_servers, all_topics(config), config)
-        timeout_ms = int(config.timeout_s * 1000)
-        self.producer = KafkaProducer(
-            bootstrap_servers=bootstrap_servers,
-            client_id="fusion-events",
-            acks="all",
-            retries=10,
-            enable_idempotence=True,
-            max_block_ms=timeout_ms,
-            request_timeout_ms=timeout_ms,
-        )
+        self.producer = durable_producer(bootstrap_servers, "fusion-events", config.timeout_s)
 
     def publish(self, event: CloudEvent) -> None:
         topic = self.config.topic_for(event.type)
@@ -127,6 +116,22 @@ class KafkaEventBus:
 
     def close(self) -> None:
         self.producer.close(timeout=self.config.timeout_s)
+
+
+def durable_producer(bootstrap_servers: str, client_id: str, timeout_s: float) -> Any:
+    """A producer whose sends are acknowledged by all in-sync replicas, retried without duplicates."""
+    from kafka import KafkaProducer
+
+    timeout_ms = int(timeout_s * 1000)
+    return KafkaProducer(
+        bootstrap_servers=bootstrap_servers,
+        client_id=client_id,
+        acks="all",
+        retries=10,
+        enable_idempotence=True,
+        max_block_ms=timeout_ms,
+        request_timeout_ms=timeout_ms,
+    )
 
 
 def all_topics(config: EventsConfig) -> list[str]:

@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fusion.events import CloudEvent, ensure_topics
+from fusion.events import CloudEvent, durable_producer, ensure_topics
 from fusion.settings import EventsConfig, load_settings, with_overrides
 
 log = logging.getLogger("fusion.trigger")
@@ -156,7 +156,7 @@ class Trigger:
         max_backoff_s: float = 10.0,
         on_launch: Callable[[IngestRequested, str], None] | None = None,
     ) -> None:
-        from kafka import KafkaConsumer, KafkaProducer
+        from kafka import KafkaConsumer
 
         ensure_topics(bootstrap_servers, [events.requests_topic, events.deadletter_topic], events)
         self.events = events
@@ -177,14 +177,7 @@ class Trigger:
             fetch_max_wait_ms=fetch_max_wait_ms,
             max_poll_records=50,
         )
-        self.producer = KafkaProducer(
-            bootstrap_servers=bootstrap_servers,
-            client_id="fusion-trigger-deadletter",
-            acks="all",
-            retries=10,
-            enable_idempotence=True,
-            max_block_ms=int(events.timeout_s * 1000),
-        )
+        self.producer = durable_producer(bootstrap_servers, "fusion-trigger-deadletter", events.timeout_s)
 
     def stop(self) -> None:
         self._stop.set()
