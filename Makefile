@@ -11,7 +11,7 @@ FUSION_HOME ?= .fusion
 export FUSION_HOME
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: help setup run run-example up down deploy status test test-fast lint typecheck bench mlflow-ui docs clean
+.PHONY: help setup run run-example up down deploy status test test-fast lint typecheck bench bench-events mlflow-ui docs clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -61,6 +61,9 @@ test-fast: setup ## unit tests only (no whole-pipeline runs)
 
 bench: setup ## pipeline benchmark: orchestrated vs plain-script floor -> docs/BENCHMARKS.md
 	$(PY) -m benchmarks.pipeline --write docs/BENCHMARKS.md
+
+bench-events: setup ## Kafka request -> flow run latency (p50/p95/p99) and throughput -> docs/BENCHMARKS.md
+	$(PY) -m benchmarks.events --write docs/BENCHMARKS.md
 
 mlflow-ui: setup ## MLflow UI on http://127.0.0.1:5000 over $FUSION_HOME/mlflow.db
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(FUSION_HOME))/mlflow.db --host 127.0.0.1 --port 5000

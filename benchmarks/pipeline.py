@@ -240,9 +240,9 @@ def report(results: dict[str, Any]) -> str:
 
 
 def write_section(path: Path, section: str) -> None:
-    """Replace the `## Pipeline` section of BENCHMARKS.md, keeping the others."""
+    """Replace the section of BENCHMARKS.md that has this section's title line, keeping the others."""
     text = path.read_text() if path.exists() else "# Benchmarks\n\nFigures from `make bench*` targets.\n\n"
-    start = text.find("## Pipeline (`make bench`)")
+    start = text.find(section.splitlines()[0])
     if start >= 0:
         end = text.find("\n## ", start + 3)
         text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")

@@ -98,6 +98,9 @@ def trigger(
         DEFAULT_CONFIG
     ),
     deployment: Annotated[str | None, typer.Option(help="Prefect deployment to start (default from config)")] = None,
+    fetch_max_wait_ms: Annotated[
+        int, typer.Option(help="longest wait for a Kafka fetch to fill (kafka-python's default is 500)")
+    ] = 20,
 ) -> None:
     """Consume ingest requests from Kafka and start a pipeline run for each (until SIGTERM)."""
     try:
@@ -126,6 +129,7 @@ def trigger(
         events,
         PrefectDeploymentLauncher(name, settings.config_dir),
         settings.config_dir,
+        fetch_max_wait_ms=fetch_max_wait_ms,
     )
     err.print(f"fusion trigger: {events.requests_topic} -> deployment {name} (dead letters: {events.deadletter_topic})")
     stats = run_forever(consumer)

@@ -110,30 +110,51 @@ class PrefectDeploymentLauncher:
         self.deployment = deployment
         self.configs_dir = configs_dir
         self._deployment_id: Any = None
+        self._client: Any = None
+
+    def _api(self) -> Any:
+        """One HTTP client kept open across requests (a new one per event costs a connection each time)."""
+        if self._client is None:
+            from prefect.client.orchestration import get_client
+
+            self._client = get_client(sync_client=True)
+            self._client.__enter__()
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            with contextlib.suppress(Exception):
+                client.__exit__(None, None, None)
 
     def launch(self, event: IngestRequested) -> str:
-        from prefect.client.orchestration import get_client
+        try:
+            return self._launch(event)
+        except Exception:
+            self.close()  # the API may have gone away: reconnect on the next try
+            raise
 
-        with get_client(sync_client=True) as client:
-            if self._deployment_id is None:
-                self._deployment_id = client.read_deployment_by_name(self.deployment).id
-            trace = event.traceparent
-            config = self.configs_dir / f"{event.data.dataset}.yaml"
-            # Relative when possible: the worker resolves it in its own checkout of the project.
-            with contextlib.suppress(ValueError):
-                config = config.resolve().relative_to(Path.cwd())
-            run = client.create_flow_run_from_deployment(
-                self._deployment_id,
-                parameters={
-                    "config": str(config),
-                    "traceparent": trace,
-                    "source_uri": event.data.uri,
-                    "overrides": event.data.params or None,
-                },
-                idempotency_key=event.id,
-                tags=["fusion-trigger", f"event:{event.id}", *([f"trace:{trace.split('-')[1]}"] if trace else [])],
-            )
-            return str(run.id)
+    def _launch(self, event: IngestRequested) -> str:
+        client = self._api()
+        if self._deployment_id is None:
+            self._deployment_id = client.read_deployment_by_name(self.deployment).id
+        trace = event.traceparent
+        config = self.configs_dir / f"{event.data.dataset}.yaml"
+        # Relative when possible: the worker resolves it in its own checkout of the project.
+        with contextlib.suppress(ValueError):
+            config = config.resolve().relative_to(Path.cwd())
+        run = client.create_flow_run_from_deployment(
+            self._deployment_id,
+            parameters={
+                "config": str(config),
+                "traceparent": trace,
+                "source_uri": event.data.uri,
+                "overrides": event.data.params or None,
+            },
+            idempotency_key=event.id,
+            tags=["fusion-trigger", f"event:{event.id}", *([f"trace:{trace.split('-')[1]}"] if trace else [])],
+        )
+        return str(run.id)
 
 
 @dataclass
@@ -212,6 +233,9 @@ class Trigger:
                             self._stop.wait(1.0)
                             break
         finally:
+            close = getattr(self.launcher, "close", None)
+            if close is not None:
+                close()
             self.consumer.close(autocommit=False)
             self.producer.close(timeout=self.events.timeout_s)
         return self.stats
