@@ -130,3 +130,16 @@ def test_broker_restart_with_events_in_flight_loses_none_and_duplicates_none(tri
     assert not pending, f"{len(pending)} requests never became runs"
     assert all(len(runs_for(trigger.api, e)) == 1 for e in before + after)
     assert trigger.process.poll() is None
+
+
+def test_prefect_api_down_holds_the_request_until_it_is_back(trigger: TriggerProcess) -> None:
+    event_id = f"down-{uuid.uuid4().hex[:8]}"
+    subprocess.run([str(SERVICES), "down", "prefect"], check=True, capture_output=True, timeout=120)
+    try:
+        send(trigger.bootstrap, trigger.requests_topic, [request(event_id)])
+        time.sleep(5)  # the trigger sees it, cannot create the run, backs off without committing
+        assert trigger.process.poll() is None
+    finally:
+        subprocess.run([str(SERVICES), "up", "prefect"], check=True, capture_output=True, timeout=300)
+    assert len(wait_for_runs(trigger.api, event_id, timeout_s=60)) == 1
+    assert "cannot create the run for event " + event_id in trigger.stderr.read_text()
