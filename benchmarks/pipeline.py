@@ -124,7 +124,7 @@ def floor(config: str) -> dict[str, Any]:
             state["train"], split(), categorical, target, dataset.model.baseline, lake, lake.path("reports", "floor")
         ),
     )
-    example = lake.read_parquet(state["features"][0]).head(5)
+    example = lake.read_parquet(state["features"][0], n_rows=5)
     batch_id = state["ingest"].batch_id
     timed(
         "register",

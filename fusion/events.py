@@ -10,7 +10,6 @@ import atexit
 import contextlib
 import datetime as dt
 import fcntl
-import logging
 import re
 import secrets
 import threading
@@ -33,7 +32,6 @@ EventType = Literal[
     "fusion.ingest.requested",
 ]
 TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
-log = logging.getLogger("fusion.events")
 
 
 class CloudEvent(BaseModel):

@@ -22,10 +22,6 @@ class Lake:
         fs, _, (resolved,) = fsspec.get_fs_token_paths(path)
         return fs, resolved
 
-    def exists(self, path: str) -> bool:
-        fs, p = self._fs(path)
-        return bool(fs.exists(p))
-
     def write_parquet(self, frame: pl.DataFrame, path: str) -> str:
         fs, p = self._fs(path)
         fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
@@ -38,10 +34,10 @@ class Lake:
         fs.mv(tmp, p)
         return path
 
-    def read_parquet(self, path: str) -> pl.DataFrame:
+    def read_parquet(self, path: str, n_rows: int | None = None) -> pl.DataFrame:
         fs, p = self._fs(path)
         with fs.open(p, "rb") as f:
-            return pl.read_parquet(f.read())
+            return pl.read_parquet(f.read(), n_rows=n_rows)
 
     def write_bytes(self, payload: bytes, path: str) -> str:
         fs, p = self._fs(path)
@@ -61,8 +57,3 @@ class Lake:
 
     def read_json(self, path: str) -> Any:
         return json.loads(self.read_bytes(path))
-
-    def local_path(self, path: str) -> str | None:
-        """The OS path of a lake path, when the lake is a local folder."""
-        fs, p = self._fs(path)
-        return p if "file" in fs.protocol or "local" in fs.protocol else None

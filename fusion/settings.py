@@ -254,8 +254,10 @@ class Settings(BaseSettings):
         return (self.config_dir / self.dataset.validation.suites[table]).resolve()
 
 
-def load_settings(config: Path | str | None = None, **overrides: Any) -> Settings:
-    """Read a YAML config (default configs/flights.yaml), then FUSION_* env vars on top."""
+def load_settings(config: Path | str | None = None) -> Settings:
+    """Read a YAML config (default configs/flights.yaml), then FUSION_* env vars on top.
+
+    A run's own changes go on top with `with_overrides` (deep-merged, unlike init arguments)."""
     path = Path(config) if config else DEFAULT_CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
@@ -264,8 +266,7 @@ def load_settings(config: Path | str | None = None, **overrides: Any) -> Setting
         (Settings,),
         {"model_config": {**Settings.model_config, "yaml_file": path}},
     )
-    overrides.setdefault("config_dir", path.resolve().parent)
-    settings: Settings = bound(**overrides)
+    settings: Settings = bound(config_dir=path.resolve().parent)
     return Settings.model_validate(settings.model_dump())
 
 

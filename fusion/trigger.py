@@ -19,7 +19,6 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -175,7 +174,6 @@ class Trigger:
         configs_dir: Path,
         fetch_max_wait_ms: int = 20,
         max_backoff_s: float = 10.0,
-        on_launch: Callable[[IngestRequested, str], None] | None = None,
     ) -> None:
         from kafka import KafkaConsumer
 
@@ -184,7 +182,6 @@ class Trigger:
         self.launcher = launcher
         self.configs_dir = configs_dir
         self.max_backoff_s = max_backoff_s
-        self.on_launch = on_launch
         self.stats = TriggerStats()
         self._stop = threading.Event()
         self.consumer = KafkaConsumer(
@@ -262,8 +259,6 @@ class Trigger:
                 return False
             self.stats.launched += 1
             log.info("event %s -> flow run %s", event.id, run_id)
-            if self.on_launch:
-                self.on_launch(event, run_id)
         partition = TopicPartition(record.topic, record.partition)
         self.consumer.commit({partition: OffsetAndMetadata(record.offset + 1, "", -1)})
         return True

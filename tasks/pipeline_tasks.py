@@ -176,7 +176,7 @@ def register(
     extra_artifacts: dict[str, str],
     tracking_uri: str,
 ) -> Registration:
-    example = lake.read_parquet(features.path).head(5)
+    example = lake.read_parquet(features.path, n_rows=5)
     return register_model(trained, evaluation, dataset, features.batch_id, example, lake, extra_artifacts, tracking_uri)
 
 

@@ -73,7 +73,7 @@ def test_sample_run_end_to_end(on_sample: Path, sample_source: Path) -> None:
     ]
     assert [e.type for e in events] == [*STAGE_EVENTS, "fusion.model.promoted"]
     trace_ids = {e.traceparent.split("-")[1] for e in events if e.traceparent}
-    assert trace_ids == {summary.traceparent.split("-")[1]} if summary.traceparent else False
+    assert summary.traceparent and trace_ids == {summary.traceparent.split("-")[1]}
     assert events[0].data["batch_id"] == summary.batch_id
 
     # The registered champion is the model that was evaluated: its own predict gives the same AUC.
