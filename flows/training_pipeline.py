@@ -7,6 +7,7 @@ event each stage emits. The work is in tasks/.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from prefect_dask import DaskTaskRunner
 from fusion.errors import FusionError
 from fusion.events import CloudEvent, EventSink, child_traceparent, new_traceparent
 from fusion.lake import Lake
-from fusion.settings import DEFAULT_CONFIG, Settings, load_settings, with_overrides
+from fusion.settings import DEFAULT_CONFIG, DaskConfig, Settings, load_settings, with_overrides
 from fusion.summary import RunMetrics, RunSummary, StageReport
 from tasks import pipeline_tasks as stages
 from tasks.validate import load_suite
@@ -42,9 +43,28 @@ class RunFailed(FusionError):
 
 def task_runner_for(settings: Settings) -> DaskTaskRunner:
     """An existing cluster when FUSION_DASK_ADDRESS is set, else a LocalCluster sized by settings."""
-    if settings.dask_address:
-        return DaskTaskRunner(address=settings.dask_address)
-    local = settings.pipeline.dask
+    return dask_runner(settings.dask_address, settings.pipeline.dask)
+
+
+def deployment_task_runner() -> DaskTaskRunner:
+    """The runner of runs a worker starts from a deployment: it is fixed when the worker's process imports
+    this module, before the run's config is read, so it comes from that process's environment
+    (FUSION_DASK_ADDRESS, FUSION_PIPELINE__DASK__*; set them on the worker or in the deployment's
+    job_variables.env). `fusion run` chooses per config with `task_runner_for`."""
+    env = os.environ
+    local = DaskConfig.model_validate(
+        {
+            key: env[f"FUSION_PIPELINE__DASK__{key.upper()}"]
+            for key in DaskConfig.model_fields
+            if f"FUSION_PIPELINE__DASK__{key.upper()}" in env
+        }
+    )
+    return dask_runner(env.get("FUSION_DASK_ADDRESS") or None, local)
+
+
+def dask_runner(address: str | None, local: DaskConfig) -> DaskTaskRunner:
+    if address:
+        return DaskTaskRunner(address=address)
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={
@@ -90,10 +110,7 @@ class StageRunner:
 
 @flow(
     name="training_pipeline",
-    task_runner=DaskTaskRunner(  # type: ignore[arg-type]  # prefect-dask's generics lag Prefect's
-        cluster_class="distributed.LocalCluster",
-        cluster_kwargs={"n_workers": 1, "threads_per_worker": 2, "processes": False, "dashboard_address": ":0"},
-    ),
+    task_runner=deployment_task_runner(),  # type: ignore[arg-type]  # prefect-dask's generics lag Prefect's
 )
 def training_pipeline(
     config: str = str(DEFAULT_CONFIG),

@@ -7,9 +7,10 @@
 #   infra/local/services.sh env                   the FUSION_*/PREFECT_* variables that point Fusion at them
 #   infra/local/services.sh tools                 install the command-line clients the tests use (kcat)
 #
-# SERVICES: kafka redis prefect prefect-worker mlflow (default: all). State, logs and PIDs live in
-# $FUSION_SERVICES_DIR (default .fusion/services). Ports: FUSION_KAFKA_PORT (9092; controller +1),
-# FUSION_REDIS_PORT (6379), FUSION_PREFECT_PORT (4200), FUSION_MLFLOW_PORT (5000).
+# SERVICES: kafka redis postgres prefect prefect-worker mlflow (default: all; `up prefect` brings up postgres,
+# its database, too). State, logs and PIDs live in $FUSION_SERVICES_DIR (default .fusion/services). Ports:
+# FUSION_KAFKA_PORT (9092; controller +1), FUSION_REDIS_PORT (6379), FUSION_POSTGRES_PORT (5433),
+# FUSION_PREFECT_PORT (4200), FUSION_MLFLOW_PORT (5000).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -18,10 +19,11 @@ VENV=${VENV:-$ROOT/.venv}
 KAFKA_PORT=${FUSION_KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=$((KAFKA_PORT + 1))
 REDIS_PORT=${FUSION_REDIS_PORT:-6379}
+POSTGRES_PORT=${FUSION_POSTGRES_PORT:-5433} # 5432 is left to a Postgres the machine may run already
 PREFECT_PORT=${FUSION_PREFECT_PORT:-4200}
 MLFLOW_PORT=${FUSION_MLFLOW_PORT:-5000}
 WORK_POOL=${FUSION_WORK_POOL:-fusion-local}
-ALL=(kafka redis prefect prefect-worker mlflow)
+ALL=(kafka redis postgres prefect prefect-worker mlflow)
 
 log() { printf '%s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -124,13 +126,46 @@ start_redis() {
     wait_until redis 30 redis_ping
 }
 
+# --- postgres: the Prefect server's database (Debian's postgresql), loopback only -------------------
+# Prefect on sqlite serialises every write behind one lock: its event persister and late-runs service then
+# stall run creation for seconds at a time (docs/BENCHMARKS.md, Events). PostgreSQL is what Prefect runs on
+# in production, and starts here in about a second.
+pg_bin() { local d; d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1); echo "${d:-/nonexistent}"; }
+# As root, the server runs as the `postgres` user the Debian package creates (postgres refuses root);
+# setpriv execs in place, so the recorded PID is the postmaster's own.
+AS_PG=()
+[[ $(id -u) -ne 0 ]] || AS_PG=(setpriv --reuid=postgres --regid=postgres --init-groups)
+as_pg() { "${AS_PG[@]}" "$@"; }
+pg_ready() { "$(pg_bin)/pg_isready" -q -h 127.0.0.1 -p "$POSTGRES_PORT"; }
+install_postgres() { [[ -x $(pg_bin)/postgres ]] || apt_install postgresql; }
+start_postgres() {
+    local dir=$STATE/postgres bin
+    bin=$(pg_bin)
+    mkdir -p "$dir"
+    [[ $(id -u) -ne 0 ]] || chown postgres "$dir"
+    if [[ ! -f $dir/data/PG_VERSION ]]; then
+        as_pg "$bin/initdb" -D "$dir/data" -U fusion -A trust --no-sync >"$dir/initdb.log" 2>&1 ||
+            { cat "$dir/initdb.log" >&2; die "postgres: initdb failed"; }
+    fi
+    # Trust on loopback only; synchronous_commit=off may lose the last commits in a crash, never corrupts.
+    launch postgres "${AS_PG[@]}" "$bin/postgres" -D "$dir/data" -p "$POSTGRES_PORT" -k "$dir" \
+        -c listen_addresses=127.0.0.1 -c synchronous_commit=off
+    wait_until postgres 60 pg_ready
+    as_pg "$bin/psql" -q -h 127.0.0.1 -p "$POSTGRES_PORT" -U fusion -d postgres -tAc \
+        "SELECT 1 FROM pg_database WHERE datname = 'prefect'" | grep -q 1 ||
+        as_pg "$bin/createdb" -h 127.0.0.1 -p "$POSTGRES_PORT" -U fusion prefect
+}
+
 # --- prefect: API server + UI, and a worker for a local process work pool --------------------------
 install_prefect() { require_venv; }
 PREFECT_ENV=(env "PREFECT_HOME=$STATE/prefect/home" "PREFECT_API_URL=http://127.0.0.1:$PREFECT_PORT/api"
     PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1)
 start_prefect() {
+    running postgres || up postgres
     mkdir -p "$STATE/prefect/home"
-    launch prefect "${PREFECT_ENV[@]}" "$VENV/bin/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
+    launch prefect "${PREFECT_ENV[@]}" \
+        "PREFECT_API_DATABASE_CONNECTION_URL=postgresql+asyncpg://fusion@127.0.0.1:$POSTGRES_PORT/prefect" \
+        "$VENV/bin/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
     wait_until prefect 120 http_ok "http://127.0.0.1:$PREFECT_PORT/api/health"
 }
 
@@ -158,6 +193,7 @@ start_mlflow() {
 port_of() {
     case $1 in
         kafka) echo "$KAFKA_PORT" ;; redis) echo "$REDIS_PORT" ;; prefect) echo "$PREFECT_PORT" ;;
+        postgres) echo "$POSTGRES_PORT" ;;
         mlflow) echo "$MLFLOW_PORT" ;; *) echo "" ;;
     esac
 }
@@ -166,6 +202,7 @@ url_of() {
     case $1 in
         kafka) echo "127.0.0.1:$KAFKA_PORT" ;; redis) echo "redis://127.0.0.1:$REDIS_PORT/0" ;;
         prefect) echo "http://127.0.0.1:$PREFECT_PORT (UI)" ;; prefect-worker) echo "work pool $WORK_POOL" ;;
+        postgres) echo "postgresql://fusion@127.0.0.1:$POSTGRES_PORT/prefect" ;;
         mlflow) echo "http://127.0.0.1:$MLFLOW_PORT (UI)" ;;
     esac
 }
@@ -191,9 +228,10 @@ down() {
     for name in "$@"; do
         pid=$(pid_of "$name")
         if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
-            # A Prefect worker shuts down promptly on SIGINT; SIGTERM leaves it waiting.
+            # A Prefect worker shuts down promptly on SIGINT; SIGTERM leaves it waiting. For postgres SIGTERM
+            # waits for every client to leave; SIGINT is its "fast" shutdown (clean, clients disconnected).
             local signal=TERM
-            [[ $name == prefect-worker ]] && signal=INT
+            [[ $name == prefect-worker || $name == postgres ]] && signal=INT
             kill "-$signal" -- "-$pid" 2>/dev/null || kill "-$signal" "$pid"
             for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
             kill -0 "$pid" 2>/dev/null && { kill -KILL -- "-$pid" 2>/dev/null || true; log "$name: killed"; }

@@ -16,6 +16,8 @@ from tests.conftest import REPO, SERVICES, _service
 
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[str]:
+    database = _service("postgres")  # its own fixture step, so that it is stopped after if this session started it
+    next(database)
     service = _service("prefect")
     next(service)
     url = f"http://127.0.0.1:{os.environ.get('FUSION_PREFECT_PORT', '4200')}/api"
@@ -35,6 +37,15 @@ def prefect_api() -> Iterator[str]:
     )
     assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
     yield url
+    next(service, None)
+    next(database, None)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server() -> Iterator[str]:
+    service = _service("mlflow")
+    next(service)
+    yield f"http://127.0.0.1:{os.environ.get('FUSION_MLFLOW_PORT', '5000')}"
     next(service, None)
 
 

@@ -1,4 +1,5 @@
-"""From a Kafka request to a registered model: trigger -> Prefect server -> process worker -> flow -> Kafka events."""
+"""From a Kafka request to a registered model: trigger -> Prefect server -> process worker -> flow -> Kafka events
+and a champion in the MLflow server's registry."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def worker(prefect_api: str) -> Iterator[None]:
 
 
 def test_request_becomes_a_completed_run_whose_events_share_its_trace(
-    kafka_bootstrap: str, prefect_api: str, worker: None, tmp_path: Path
+    kafka_bootstrap: str, prefect_api: str, mlflow_server: str, worker: None, tmp_path: Path
 ) -> None:
     from tests.datasets.card_transactions import write
 
@@ -47,6 +48,7 @@ def test_request_becomes_a_completed_run_whose_events_share_its_trace(
         events = isolated_config()
         trace_id = uuid.uuid4().hex
         event_id = f"e2e-{uuid.uuid4().hex[:8]}"
+        model_name = f"card_fraud_{event_id.replace('-', '_')}"
         payload = {
             "specversion": "1.0",
             "id": event_id,
@@ -56,12 +58,17 @@ def test_request_becomes_a_completed_run_whose_events_share_its_trace(
             "data": {
                 "dataset": "card_transactions",
                 "uri": str(paths["transactions"]),
-                # everything else a run needs, as overrides: its own home, the accounts table, Kafka topics
+                # everything else a run needs, as overrides: its own home, the accounts table, Kafka topics,
+                # the MLflow server and a registered model of its own there
                 "params": {
                     "home": str(tmp_path / "home"),
                     "kafka_bootstrap_servers": kafka_bootstrap,
+                    "mlflow_tracking_uri": mlflow_server,
                     "events": {"topics": events.topics},
-                    "dataset": {"source": {"tables": {"accounts": {"uri": str(paths["accounts"])}}}},
+                    "dataset": {
+                        "source": {"tables": {"accounts": {"uri": str(paths["accounts"])}}},
+                        "model": {"registered_name": model_name},
+                    },
                 },
             },
         }
@@ -78,7 +85,27 @@ def test_request_becomes_a_completed_run_whose_events_share_its_trace(
         assert [e.type for e in stage_events] == STAGES
         assert {e.traceparent.split("-")[1] for e in stage_events if e.traceparent} == {trace_id}
         assert {e.data["run_id"] for e in stage_events} == {run["id"]}
-        assert (tmp_path / "home" / "mlflow.db").is_file()
         assert len(runs_for(prefect_api, event_id)) == 1
+        assert not (tmp_path / "home" / "mlflow.db").exists()  # registered on the server, not a local store
+        assert_champion_serves_from(mlflow_server, model_name)
     finally:
         assert trigger.stop() == 0
+
+
+def assert_champion_serves_from(tracking_uri: str, name: str) -> None:
+    """The first version is the champion, and its artifacts come back from the server and predict."""
+    import mlflow
+    import numpy as np
+    from mlflow import MlflowClient
+    from mlflow.models import Model
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    version = client.get_model_version_by_alias(name, "champion")
+    assert version.version == "1"
+    source = client.get_model_version_download_uri(name, version.version)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=tracking_uri)
+    example = Model.load(local).load_input_example(local)
+    assert example is not None and len(example) > 0
+    scores = np.asarray(mlflow.pyfunc.load_model(local).predict(example), dtype=float)
+    assert scores.shape[0] == len(example)
+    assert np.all((scores >= 0) & (scores <= 1))
