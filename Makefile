@@ -11,7 +11,7 @@ FUSION_HOME ?= .fusion
 export FUSION_HOME
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: help setup run run-example up down deploy status test test-fast lint typecheck bench bench-events mlflow-ui docs clean
+.PHONY: help setup run run-example up down deploy status test test-fast lint typecheck rust-check bench bench-events bench-features mlflow-ui docs clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -20,7 +20,10 @@ $(UV):
 	python3 -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet "uv==$(UV_VERSION)"
 
-$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+RUST_SOURCES := rust_ext/pyproject.toml rust_ext/Cargo.toml rust_ext/Cargo.lock $(wildcard rust_ext/src/*.rs)
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock $(RUST_SOURCES)
+	@command -v cargo >/dev/null || { echo "error: rust_ext needs a Rust toolchain (cargo) on PATH" >&2; exit 1; }
 	$(UV) sync --frozen --python 3.11
 	@touch $@
 
@@ -33,7 +36,7 @@ run-example: setup ## generate the card-transactions example data and run its co
 	$(PY) -m tests.datasets.card_transactions $(FUSION_HOME)/examples
 	$(VENV)/bin/fusion run --config configs/card_transactions.yaml
 
-up: setup ## start Kafka, Redis, Prefect server + worker, MLflow on loopback (installs what is missing)
+up: setup ## start Kafka, Redis, PostgreSQL + Prefect server, worker, MLflow on loopback (installs what is missing)
 	infra/local/services.sh up
 	@echo "Point Fusion at them:"; infra/local/services.sh env
 
@@ -53,7 +56,12 @@ lint: setup ## ruff lint and format check
 typecheck: setup ## mypy over the packages
 	$(VENV)/bin/mypy fusion tasks flows benchmarks
 
-test: setup lint typecheck ## lint, types and the whole pytest suite (unit, point-in-time, integration)
+rust-check: setup ## rust_ext: cargo fmt --check, clippy (warnings are errors) and cargo test
+	cd rust_ext && cargo fmt --check
+	cd rust_ext && PYO3_PYTHON=$(abspath $(PY)) cargo clippy --locked --all-targets -- -D warnings
+	cd rust_ext && PYO3_PYTHON=$(abspath $(PY)) cargo test --locked
+
+test: setup lint typecheck rust-check ## lint, types, Rust checks and the whole pytest suite (unit, point-in-time, integration)
 	$(VENV)/bin/pytest
 
 test-fast: setup ## unit tests only (no whole-pipeline runs)

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -99,8 +99,8 @@ class RollingAggregate(Frozen):
     by: list[str]
     value: str = Field(description="Polars SQL expression over the primary table")
     known_at: str = Field(description="Polars SQL expression: when the value becomes known")
-    windows_minutes: list[int] = Field(min_length=1)
-    aggs: list[Literal["mean", "count", "sum"]] = Field(default_factory=lambda: ["mean", "count"])  # type: ignore[arg-type]
+    windows_minutes: list[PositiveInt] = Field(min_length=1)
+    aggs: list[Literal["mean", "count", "sum", "max"]] = Field(default_factory=lambda: ["mean", "count"])  # type: ignore[arg-type]
 
 
 class PreviousEvent(Frozen):

@@ -15,6 +15,7 @@ import polars as pl
 
 from fusion.errors import FeatureError
 from fusion.settings import FeatureSpec, PredictionTimeConfig, RollingAggregate, TargetConfig
+from tasks import kernels
 
 ROW = "_row"
 PRED_TIME = "_pred_time"
@@ -129,52 +130,44 @@ def rolling_names(agg: RollingAggregate) -> list[str]:
 
 
 def rolling_features(base: pl.LazyFrame, spec: FeatureSpec) -> list[pl.LazyFrame]:
-    """Per-group sum/count/mean over values known in [T - window, T), T = prediction time.
+    """Per-group sum/count/mean/max over values known in [T - window, T), T = prediction time.
 
-    Running sums per group, looked up as of T and as of T - window (both
-    strictly before): their difference is the window. Exact and O(n log n).
+    One kernel call per aggregate spec for all its windows (tasks/kernels.py: Rust when built, else
+    the pure-Polars twin). Rows with a null group key neither count nor ask.
     """
     out = []
     for agg in spec.rolling:
-        keys = {b: f"_by{i}" for i, b in enumerate(agg.by)}
-        by = list(keys.values())
-        events = (
-            base.select(
-                *[pl.col(src).alias(dst) for src, dst in keys.items()],
-                _sql(agg.known_at, "_t"),
-                _sql(agg.value, "_v").cast(pl.Float64),
-            )
-            .drop_nulls()
-            .group_by([*by, "_t"])
-            .agg(pl.col("_v").sum().alias("_s"), pl.len().alias("_n"))
-            .sort([*by, "_t"])
-            .with_columns(pl.col("_s").cum_sum().over(by).alias("_cs"), pl.col("_n").cum_sum().over(by).alias("_cn"))
-            .select(*by, "_t", "_cs", "_cn")
-            .sort("_t")
+        keys = [pl.col(b) for b in agg.by]
+        known_at = _sql(agg.known_at, "_t")
+        try:
+            known_type = base.select(known_at).collect_schema()["_t"]
+        except pl.exceptions.PolarsError as exc:
+            raise FeatureError(f"rolling aggregate {agg.name!r}: known_at does not fit the table: {exc}") from exc
+        if not isinstance(known_type, pl.Datetime):
+            raise FeatureError(f"rolling aggregate {agg.name!r}: known_at is {known_type}, not a datetime")
+        inputs = base.select(
+            ROW,
+            pl.when(pl.all_horizontal(k.is_not_null() for k in keys))
+            .then(pl.struct(keys).rank("dense").cast(pl.Int64))
+            .alias("_g"),
+            known_at.dt.epoch("us"),  # the kernels' time unit: Int64 microseconds since the epoch (UTC)
+            _sql(agg.value, "_v").cast(pl.Float64),
+            pl.col(PRED_TIME).dt.epoch("us"),
         )
-        queries = _queries(base, keys)
-        frame = queries
-        columns: list[pl.Expr] = []
-        for w in agg.windows_minutes:
-            lower = queries.with_columns((pl.col(PRED_TIME) - pl.duration(minutes=w)).alias("_lo")).sort("_lo")
-            hi = queries.join_asof(
-                events, check_sortedness=False, left_on=PRED_TIME, right_on="_t", by=by, allow_exact_matches=False
-            )
-            lo = lower.join_asof(
-                events, check_sortedness=False, left_on="_lo", right_on="_t", by=by, allow_exact_matches=False
-            )
-            frame = frame.join(
-                hi.select(ROW, pl.col("_cs").alias(f"_hs{w}"), pl.col("_cn").alias(f"_hn{w}")), on=ROW, how="left"
-            ).join(lo.select(ROW, pl.col("_cs").alias(f"_ls{w}"), pl.col("_cn").alias(f"_ln{w}")), on=ROW, how="left")
-            total = pl.col(f"_hs{w}").fill_null(0.0) - pl.col(f"_ls{w}").fill_null(0.0)
-            count = pl.col(f"_hn{w}").fill_null(0) - pl.col(f"_ln{w}").fill_null(0)
-            exprs = {
-                "sum": total,
-                "count": count.cast(pl.Float64),
-                "mean": pl.when(count > 0).then(total / count).otherwise(None),
-            }
-            columns += [exprs[a].alias(f"{agg.name}_{a}_{w}m") for a in agg.aggs]
-        out.append(frame.select(ROW, *columns))
+        try:
+            frame = inputs.collect()
+        except pl.exceptions.PolarsError as exc:
+            raise FeatureError(f"rolling aggregate {agg.name!r} does not fit the data: {exc}") from exc
+        windows = [w * 60_000_000 for w in agg.windows_minutes]
+        result = kernels.window_aggregate(frame["_g"], frame["_t"], frame["_v"], frame[PRED_TIME], windows)
+        columns: list[pl.Series] = []
+        for minutes, w in zip(agg.windows_minutes, windows, strict=True):
+            for a in agg.aggs:
+                column = result[f"{a}_{w}"]
+                columns.append(
+                    (column.cast(pl.Float64) if a == "count" else column).alias(f"{agg.name}_{a}_{minutes}m")
+                )
+        out.append(pl.DataFrame([frame[ROW], *columns]).lazy())
     return out
 
 

@@ -1,0 +1,172 @@
+"""The Rust kernels (rust_ext) and their pure-Polars twins give the same answers, and both the right one.
+
+Random frames from hypothesis: nulls, NaN, unsorted rows, duplicate timestamps, empty and one-row
+frames, f32 and f64 values. A brute-force scan is the oracle for small frames.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fusion.errors import FeatureError
+from tasks import kernels
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_the_extension_is_built_and_used() -> None:
+    """`make setup` builds rust_ext; without it everything would silently run on the twins."""
+    assert kernels.backend() == "rust"
+
+
+@st.composite
+def event_frames(draw: st.DrawFn) -> dict[str, pl.Series]:
+    n = draw(st.integers(0, 60))
+    maybe = lambda s: st.one_of(st.none(), s) if draw(st.booleans()) else s  # noqa: E731
+    groups = draw(st.lists(maybe(st.integers(-3, 3)), min_size=n, max_size=n))
+    known = draw(st.lists(maybe(st.integers(0, 40)), min_size=n, max_size=n))  # small range: many ties
+    finite = st.floats(-1e6, 1e6)
+    values = draw(
+        st.lists(maybe(st.one_of(finite, st.just(math.nan)) if draw(st.booleans()) else finite), min_size=n, max_size=n)
+    )
+    offsets = draw(st.lists(maybe(st.integers(-5, 15)), min_size=n, max_size=n))
+    at = [None if k is None or o is None else k + o for k, o in zip(known, offsets, strict=True)]
+    dtype = draw(st.sampled_from([pl.Float32, pl.Float64]))
+    return {
+        "group": pl.Series("group", groups, dtype=pl.Int64),
+        "known_at": pl.Series("known_at", known, dtype=pl.Int64),
+        "value": pl.Series("value", values, dtype=pl.Float64).cast(dtype),
+        "at": pl.Series("at", at, dtype=pl.Int64),
+    }
+
+
+def brute_force(frame: dict[str, pl.Series], window: int) -> list[tuple[int | None, float | None, float | None]]:
+    g, k, v, a = (frame[c].to_list() for c in ("group", "known_at", "value", "at"))
+    v = [None if x is None or math.isnan(x) else float(x) for x in v]
+    out: list[tuple[int | None, float | None, float | None]] = []
+    for q in range(len(g)):
+        if g[q] is None or a[q] is None:
+            out.append((None, None, None))
+            continue
+        inside = [
+            v[e]
+            for e in range(len(g))
+            if g[e] == g[q] and k[e] is not None and v[e] is not None and a[q] - window <= k[e] < a[q]
+        ]
+        out.append((len(inside), math.fsum(inside), max(inside) if inside else None))
+    return out
+
+
+def assert_close(left: pl.Series, right: pl.Series) -> None:
+    assert left.is_null().to_list() == right.is_null().to_list(), left.name
+    both = pl.DataFrame({"l": left, "r": right}).drop_nulls()
+    np.testing.assert_allclose(both["l"].to_numpy(), both["r"].to_numpy(), rtol=1e-9, atol=1e-6, err_msg=left.name)
+
+
+@SETTINGS
+@given(frame=event_frames(), windows=st.lists(st.integers(0, 30), min_size=1, max_size=3, unique=True))
+def test_window_aggregate_rust_equals_polars_equals_brute_force(
+    frame: dict[str, pl.Series], windows: list[int]
+) -> None:
+    rust = kernels.window_aggregate(**frame, windows=windows, using="rust")
+    twin = kernels.window_aggregate(**frame, windows=windows, using="polars")
+    assert rust.columns == twin.columns == [f"{a}_{w}" for w in windows for a in ("count", "sum", "mean", "max")]
+    assert rust.height == twin.height == len(frame["group"])
+    for column in rust.columns:
+        if column.startswith(("count", "max")):
+            assert rust[column].to_list() == twin[column].to_list(), column  # exact
+        else:
+            assert_close(rust[column], twin[column])
+    for w in windows:
+        for row, (count, total, top) in enumerate(brute_force(frame, w)):
+            assert rust[f"count_{w}"][row] == count
+            assert rust[f"max_{w}"][row] == top
+            if total is not None:
+                assert math.isclose(rust[f"sum_{w}"][row], total, rel_tol=1e-9, abs_tol=1e-6)
+
+
+@pytest.mark.parametrize("using", ["rust", "polars"])
+def test_window_aggregate_edges(using: kernels.Backend) -> None:
+    empty = {c: pl.Series(c, [], dtype=pl.Int64) for c in ("group", "known_at", "at")}
+    out = kernels.window_aggregate(**empty, value=pl.Series([], dtype=pl.Float64), windows=[5], using=using)
+    assert out.shape == (0, 4)
+    one = kernels.window_aggregate(
+        pl.Series([7]), pl.Series([10]), pl.Series([2.5]), pl.Series([11]), windows=[1, 0], using=using
+    )
+    assert one.row(0) == (1, 2.5, 2.5, 2.5, 0, 0.0, None, None)
+
+
+@pytest.mark.parametrize("using", ["rust", "polars"])
+def test_window_aggregate_errors_name_the_input(using: kernels.Backend) -> None:
+    ints, floats = pl.Series([1, 2]), pl.Series([1.0, 2.0])
+    with pytest.raises(FeatureError, match=r"known_at has 1 rows, expected 2 \(the length of group\)"):
+        kernels.window_aggregate(ints, pl.Series([1]), floats, ints, windows=[1], using=using)
+    with pytest.raises(FeatureError, match="windows must be >= 0"):
+        kernels.window_aggregate(ints, ints, floats, ints, windows=[3, -1], using=using)
+    with pytest.raises(FeatureError, match="value: cannot be read as Float64"):
+        kernels.window_aggregate(ints, ints, pl.Series(["a", "b"]), ints, windows=[1], using=using)
+
+
+def test_the_extension_checks_types_itself() -> None:
+    """Called directly (not through tasks.kernels), rust_ext names the argument with the wrong type."""
+    import rust_ext
+
+    ints = pl.Series([1, 2])
+    with pytest.raises(TypeError, match="value: expected Float64, got Int64"):
+        rust_ext.window_aggregate(ints, ints, ints, ints, [1])
+    with pytest.raises(ValueError, match="at has 1 rows"):
+        rust_ext.window_aggregate(ints, ints, pl.Series([1.0, 2.0]), pl.Series([1]), [1])
+
+
+def test_chunked_input_is_read_whole() -> None:
+    """Polars hands over several chunks when a Series was appended to; the kernel joins them."""
+    group = pl.Series([1, 1]).append(pl.Series([1, 1]))
+    assert group.n_chunks() == 2
+    out = kernels.window_aggregate(
+        group, pl.Series([0, 1, 2, 3]), pl.Series([1.0, 2.0, 3.0, 4.0]), pl.Series([1, 2, 3, 4]), [10]
+    )
+    assert out["count_10"].to_list() == [1, 2, 3, 4]
+
+
+coordinates = st.lists(
+    st.tuples(
+        st.one_of(st.none(), st.floats(-90, 90)),
+        st.floats(-180, 180),
+        st.floats(-90, 90),
+        st.one_of(st.none(), st.floats(-180, 180)),
+    ),
+    max_size=50,
+)
+
+
+@SETTINGS
+@given(points=coordinates, dtype=st.sampled_from([pl.Float32, pl.Float64]))
+def test_haversine_rust_equals_polars(points: list[tuple[float | None, ...]], dtype: type[pl.DataType]) -> None:
+    columns = [pl.Series(name, [p[i] for p in points], dtype=pl.Float64).cast(dtype) for i, name in enumerate("abcd")]
+    rust = kernels.haversine_km(*columns, using="rust")
+    twin = kernels.haversine_km(*columns, using="polars")
+    assert_close(rust, twin)
+    assert rust.drop_nulls().is_between(0, math.pi * kernels.EARTH_RADIUS_KM + 1e-6).all()
+
+
+@pytest.mark.parametrize("using", ["rust", "polars"])
+def test_haversine_known_values_and_errors(using: kernels.Backend) -> None:
+    zero, one = pl.Series([0.0]), pl.Series([1.0])
+    degree = kernels.EARTH_RADIUS_KM * math.pi / 180
+    assert kernels.haversine_km(zero, zero, zero, one, using=using)[0] == pytest.approx(degree, rel=1e-12)
+    with pytest.raises(FeatureError, match="lon2 has 2 rows, expected 1"):
+        kernels.haversine_km(zero, zero, zero, pl.Series([1.0, 2.0]), using=using)
+
+
+def test_forcing_the_twins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FUSION_KERNELS", "polars")
+    assert kernels.backend() == "polars"
+    monkeypatch.setenv("FUSION_KERNELS", "cuda")
+    with pytest.raises(FeatureError, match="FUSION_KERNELS must be 'rust' or 'polars'"):
+        kernels.backend()
