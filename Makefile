@@ -73,6 +73,9 @@ bench: setup ## pipeline benchmark: orchestrated vs plain-script floor -> docs/B
 bench-events: setup ## Kafka request -> flow run latency (p50/p95/p99) and throughput -> docs/BENCHMARKS.md
 	$(PY) -m benchmarks.events --write docs/BENCHMARKS.md
 
+bench-features: setup ## Rust kernels vs pure-Polars twins vs pandas at 1M/10M rows, whole feature step -> docs/BENCHMARKS.md
+	$(PY) -m benchmarks.features --write docs/BENCHMARKS.md
+
 mlflow-ui: setup ## MLflow UI on http://127.0.0.1:5000 over $FUSION_HOME/mlflow.db
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(FUSION_HOME))/mlflow.db --host 127.0.0.1 --port 5000
 

@@ -138,11 +138,24 @@ AS_PG=()
 as_pg() { "${AS_PG[@]}" "$@"; }
 pg_ready() { "$(pg_bin)/pg_isready" -q -h 127.0.0.1 -p "$POSTGRES_PORT"; }
 install_postgres() { [[ -x $(pg_bin)/postgres ]] || apt_install postgresql; }
-start_postgres() {
-    local dir=$STATE/postgres bin
-    bin=$(pg_bin)
+# Where the cluster lives: under $STATE, unless the `postgres` user cannot reach it there (a checkout
+# under a root-only home): then a folder of its own under /var/lib, one per $STATE.
+pg_dir() {
+    local dir=$STATE/postgres/cluster
     mkdir -p "$dir"
-    [[ $(id -u) -ne 0 ]] || chown postgres "$dir"
+    [[ $(id -u) -eq 0 ]] || { echo "$dir"; return; }
+    chown postgres "$dir"
+    if ! as_pg test -w "$dir"; then
+        dir=/var/lib/fusion-postgres/$(printf '%s' "$STATE" | cksum | cut -d' ' -f1)
+        mkdir -p "$dir" && chown postgres "$dir"
+    fi
+    echo "$dir"
+}
+
+start_postgres() {
+    local dir bin
+    bin=$(pg_bin)
+    dir=$(pg_dir)
     if [[ ! -f $dir/data/PG_VERSION ]]; then
         as_pg "$bin/initdb" -D "$dir/data" -U fusion -A trust --no-sync >"$dir/initdb.log" 2>&1 ||
             { cat "$dir/initdb.log" >&2; die "postgres: initdb failed"; }

@@ -2,6 +2,7 @@
 
 use arrow_array::{Array, Float64Array};
 use arrow_buffer::NullBuffer;
+use rayon::prelude::*;
 
 /// IUGG mean Earth radius, km.
 pub const EARTH_RADIUS_KM: f64 = 6371.0088;
@@ -18,12 +19,11 @@ pub fn haversine_km(
         NullBuffer::union(lat1.nulls(), lon1.nulls()).as_ref(),
         NullBuffer::union(lat2.nulls(), lon2.nulls()).as_ref(),
     );
-    let values: Vec<f64> = lat1
-        .values()
-        .iter()
-        .zip(lon1.values().iter())
-        .zip(lat2.values().iter().zip(lon2.values().iter()))
-        .map(|((&a, &b), (&c, &d))| haversine(a, b, c, d))
+    let (a, b, c, d) = (lat1.values(), lon1.values(), lat2.values(), lon2.values());
+    // Indexed parallel map: rayon writes each chunk straight into its place in the output.
+    let values: Vec<f64> = (0..a.len())
+        .into_par_iter()
+        .map(|i| haversine(a[i], b[i], c[i], d[i]))
         .collect();
     Float64Array::new(values.into(), nulls)
 }

@@ -21,21 +21,12 @@ use pyo3_arrow::input::AnyArray;
 fn contiguous(name: &str, input: AnyArray, expected: &DataType) -> PyArrowResult<ArrayRef> {
     let (chunks, field) = input.into_chunked_array()?.into_inner();
     if field.data_type() != expected {
-        return Err(PyTypeError::new_err(format!(
-            "{name}: expected {expected}, got {}",
-            field.data_type()
-        ))
-        .into());
+        return Err(PyTypeError::new_err(format!("{name}: expected {expected}, got {}", field.data_type())).into());
     }
     Ok(match chunks.len() {
         0 => new_empty_array(expected),
         1 => chunks[0].clone(),
-        _ => arrow_select::concat::concat(
-            &chunks
-                .iter()
-                .map(|c| c.as_ref())
-                .collect::<Vec<&dyn Array>>(),
-        )?,
+        _ => arrow_select::concat::concat(&chunks.iter().map(|c| c.as_ref()).collect::<Vec<&dyn Array>>())?,
     })
 }
 
@@ -101,11 +92,7 @@ fn haversine_km(
         contiguous("lat2", lat2, &DataType::Float64)?,
         contiguous("lon2", lon2, &DataType::Float64)?,
     ];
-    if let Some((i, c)) = columns
-        .iter()
-        .enumerate()
-        .find(|(_, c)| c.len() != columns[0].len())
-    {
+    if let Some((i, c)) = columns.iter().enumerate().find(|(_, c)| c.len() != columns[0].len()) {
         let name = ["lat1", "lon1", "lat2", "lon2"][i];
         return Err(PyValueError::new_err(format!(
             "{name} has {} rows, expected {} (the length of lat1)",

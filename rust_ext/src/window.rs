@@ -11,6 +11,8 @@
 use std::collections::VecDeque;
 
 use arrow_array::{Array, Float64Array, Int64Array};
+use arrow_buffer::NullBuffer;
+use rayon::prelude::*;
 
 /// The aggregates of one window, aligned with the input rows.
 pub struct WindowColumns {
@@ -38,15 +40,8 @@ pub enum WindowError {
 impl std::fmt::Display for WindowError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            WindowError::LengthMismatch {
-                name,
-                len,
-                expected,
-            } => {
-                write!(
-                    f,
-                    "{name} has {len} rows, expected {expected} (the length of group)"
-                )
+            WindowError::LengthMismatch { name, len, expected } => {
+                write!(f, "{name} has {len} rows, expected {expected} (the length of group)")
             }
             WindowError::NegativeWindow(w) => write!(f, "windows must be >= 0, got {w}"),
         }
@@ -67,43 +62,34 @@ pub fn window_aggregate(
     windows: &[i64],
 ) -> Result<Vec<WindowColumns>, WindowError> {
     let n = group.len();
-    for (name, len) in [
-        ("known_at", known_at.len()),
-        ("value", value.len()),
-        ("at", at.len()),
-    ] {
+    for (name, len) in [("known_at", known_at.len()), ("value", value.len()), ("at", at.len())] {
         if len != n {
-            return Err(WindowError::LengthMismatch {
-                name,
-                len,
-                expected: n,
-            });
+            return Err(WindowError::LengthMismatch { name, len, expected: n });
         }
     }
     if let Some(&w) = windows.iter().find(|&&w| w < 0) {
         return Err(WindowError::NegativeWindow(w));
     }
 
-    let mut events: Vec<(i64, i64, f64)> = (0..n)
-        .filter(|&i| {
-            group.is_valid(i)
-                && known_at.is_valid(i)
-                && value.is_valid(i)
-                && !value.value(i).is_nan()
-        })
-        .map(|i| (group.value(i), known_at.value(i), value.value(i)))
-        .collect();
-    events.sort_unstable_by_key(|a| (a.0, a.1));
-    let mut queries: Vec<(i64, i64, usize)> = (0..n)
-        .filter(|&i| group.is_valid(i) && at.is_valid(i))
-        .map(|i| (group.value(i), at.value(i), i))
-        .collect();
-    queries.sort_unstable();
-
-    Ok(windows
-        .iter()
-        .map(|&w| sweep(&events, &queries, n, w))
-        .collect())
+    let (events, queries) = rayon::join(
+        || {
+            let mut events: Vec<(i64, i64, f64)> = (0..n)
+                .filter(|&i| group.is_valid(i) && known_at.is_valid(i) && value.is_valid(i) && !value.value(i).is_nan())
+                .map(|i| (group.value(i), known_at.value(i), value.value(i)))
+                .collect();
+            events.par_sort_unstable_by_key(|a| (a.0, a.1));
+            events
+        },
+        || {
+            let mut queries: Vec<(i64, i64, usize)> = (0..n)
+                .filter(|&i| group.is_valid(i) && at.is_valid(i))
+                .map(|i| (group.value(i), at.value(i), i))
+                .collect();
+            queries.par_sort_unstable();
+            queries
+        },
+    );
+    Ok(windows.par_iter().map(|&w| sweep(&events, &queries, n, w)).collect())
 }
 
 /// Neumaier's compensated running sum, which also takes values out.
@@ -129,16 +115,14 @@ impl CompensatedSum {
     }
 }
 
-fn sweep(
-    events: &[(i64, i64, f64)],
-    queries: &[(i64, i64, usize)],
-    n: usize,
-    window: i64,
-) -> WindowColumns {
-    let mut count: Vec<Option<i64>> = vec![None; n];
-    let mut sum: Vec<Option<f64>> = vec![None; n];
-    let mut mean: Vec<Option<f64>> = vec![None; n];
-    let mut max: Vec<Option<f64>> = vec![None; n];
+fn sweep(events: &[(i64, i64, f64)], queries: &[(i64, i64, usize)], n: usize, window: i64) -> WindowColumns {
+    // Plain values plus two validity masks (1 byte a row), not Option<f64> (16 bytes a row).
+    let mut count = vec![0i64; n];
+    let mut sum = vec![0f64; n];
+    let mut mean = vec![0f64; n];
+    let mut max = vec![0f64; n];
+    let mut asked = vec![false; n]; // count and sum valid
+    let mut seen = vec![false; n]; // mean and max valid: a non-empty window
 
     let (mut lo, mut hi) = (0usize, 0usize);
     let mut total = CompensatedSum::default();
@@ -175,17 +159,22 @@ fn sweep(
         if k == 0 {
             total = CompensatedSum::default(); // no drift carried into the next non-empty window
         }
-        count[row] = Some(k as i64);
-        sum[row] = Some(if k == 0 { 0.0 } else { total.value() });
-        mean[row] = (k > 0).then(|| total.value() / k as f64);
-        max[row] = maxima.front().map(|&j| events[j].2);
+        asked[row] = true;
+        count[row] = k as i64;
+        if let Some(&top) = maxima.front() {
+            seen[row] = true;
+            sum[row] = total.value();
+            mean[row] = total.value() / k as f64;
+            max[row] = events[top].2;
+        }
     }
+    let (asked, seen) = (NullBuffer::from(asked), NullBuffer::from(seen));
     WindowColumns {
         window,
-        count: Int64Array::from(count),
-        sum: Float64Array::from(sum),
-        mean: Float64Array::from(mean),
-        max: Float64Array::from(max),
+        count: Int64Array::new(count.into(), Some(asked.clone())),
+        sum: Float64Array::new(sum.into(), Some(asked)),
+        mean: Float64Array::new(mean.into(), Some(seen.clone())),
+        max: Float64Array::new(max.into(), Some(seen)),
     }
 }
 
@@ -212,13 +201,7 @@ mod tests {
     }
 
     /// Reference: for each row, scan every other row.
-    fn brute(
-        group: &[i64],
-        known: &[i64],
-        value: &[f64],
-        at: &[i64],
-        w: i64,
-    ) -> Vec<(i64, f64, Option<f64>)> {
+    fn brute(group: &[i64], known: &[i64], value: &[f64], at: &[i64], w: i64) -> Vec<(i64, f64, Option<f64>)> {
         (0..group.len())
             .map(|q| {
                 let inside: Vec<f64> = (0..group.len())
@@ -318,10 +301,7 @@ mod tests {
         )
         .err()
         .unwrap();
-        assert_eq!(
-            err.to_string(),
-            "known_at has 1 rows, expected 2 (the length of group)"
-        );
+        assert_eq!(err.to_string(), "known_at has 1 rows, expected 2 (the length of group)");
         let err = window_aggregate(
             &Int64Array::from(vec![1]),
             &Int64Array::from(vec![1]),
@@ -347,9 +327,7 @@ mod tests {
         let n = 400;
         let group: Vec<i64> = (0..n).map(|_| (next() % 5) as i64).collect();
         let known: Vec<i64> = (0..n).map(|_| (next() % 60) as i64).collect();
-        let value: Vec<f64> = (0..n)
-            .map(|_| (next() % 1000) as f64 / 10.0 - 50.0)
-            .collect();
+        let value: Vec<f64> = (0..n).map(|_| (next() % 1000) as f64 / 10.0 - 50.0).collect();
         let at: Vec<i64> = known.iter().map(|k| k + (next() % 3) as i64).collect();
         for w in [0, 1, 7, 30, 1000] {
             let out = run(
@@ -359,15 +337,9 @@ mod tests {
                 at.iter().map(|&t| Some(t)).collect(),
                 w,
             );
-            for (row, (count, sum, max)) in brute(&group, &known, &value, &at, w)
-                .into_iter()
-                .enumerate()
-            {
+            for (row, (count, sum, max)) in brute(&group, &known, &value, &at, w).into_iter().enumerate() {
                 assert_eq!(out.count.value(row), count, "count, row {row}, window {w}");
-                assert!(
-                    (out.sum.value(row) - sum).abs() < 1e-9,
-                    "sum, row {row}, window {w}"
-                );
+                assert!((out.sum.value(row) - sum).abs() < 1e-9, "sum, row {row}, window {w}");
                 assert_eq!(
                     out.max.is_valid(row).then(|| out.max.value(row)),
                     max,

@@ -1,0 +1,223 @@
+"""Feature kernels benchmark: Rust (rust_ext) vs its pure-Polars twin vs pandas, same data, one run.
+
+    python -m benchmarks.features --write docs/BENCHMARKS.md     (what `make bench-features` runs)
+
+Each case runs in a fresh process (so one case's memory does not count against the next): the
+inputs are generated, then the kernel is timed (best of --repeat) and the process's resident memory
+is sampled every 2 ms during the call; "peak extra" is the highest RSS seen minus the RSS before it.
+Cases: the windowed per-group aggregate (count/sum/mean/max over 1 h and 24 h, strictly before each
+row's time) and haversine distance at 1 M and 10 M rows, and the whole feature step on the real
+flights data (Rust kernels vs the twins).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+from benchmarks.pipeline import machine, write_section
+
+HOUR_US = 3_600_000_000
+WINDOWS = [HOUR_US, 24 * HOUR_US]
+GROUPS = 1_000
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measured(call: Callable[[], Any], repeat: int) -> dict[str, float]:
+    """Best wall time over `repeat` calls, and the peak RSS above the starting RSS during them."""
+    before, peak, done = rss_bytes(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_bytes())
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = call()
+        best = min(best, time.perf_counter() - start)
+        del result
+    done.set()
+    sampler.join()
+    return {"seconds": best, "peak_extra_mb": max(0, max(peak[0], rss_bytes()) - before) / 2**20}
+
+
+def window_inputs(rows: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    known = rng.integers(0, 365 * 24 * HOUR_US, rows)  # a year, unsorted
+    return {
+        "group": rng.integers(0, GROUPS, rows),
+        "known_at": known,
+        "value": rng.normal(10, 30, rows),
+        "at": known + rng.integers(0, 2 * HOUR_US, rows),  # asked up to 2 h after the value is known
+    }
+
+
+def window_pandas(group: Any, known_at: Any, value: Any, at: Any, windows: list[int]) -> Any:
+    """pandas: events and queries in one frame sorted by (group, time), groupby().rolling(closed='left')."""
+    import pandas as pd
+
+    n = len(group)
+    events = pd.DataFrame({"g": group, "t": pd.to_datetime(known_at, unit="us"), "v": value, "q": -1})
+    queries = pd.DataFrame({"g": group, "t": pd.to_datetime(at, unit="us"), "v": np.nan, "q": np.arange(n)})
+    both = pd.concat([events, queries], ignore_index=True).sort_values(["g", "t"], kind="stable")
+    out = {}
+    for w in windows:
+        rolling = both.groupby("g", sort=True).rolling(pd.Timedelta(microseconds=w), on="t", closed="left")["v"]
+        for agg in ("count", "sum", "mean", "max"):
+            out[f"{agg}_{w}"] = getattr(rolling, agg)().to_numpy()
+    frame = pd.DataFrame(out, index=both.index)
+    frame["q"] = both["q"].to_numpy()
+    return frame[frame["q"] >= 0].sort_values("q")
+
+
+def haversine_pandas(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> Any:
+    """pandas: the same formula on Series with numpy ufuncs."""
+    p1, p2 = np.radians(lat1), np.radians(lat2)
+    a = np.sin(np.radians(lat2 - lat1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon2 - lon1) / 2) ** 2
+    return 2 * 6371.0088 * np.arcsin(np.minimum(np.sqrt(a), 1.0))
+
+
+def run_case(kernel: str, impl: str, rows: int, repeat: int) -> dict[str, float]:
+    """One case, in this process (called in a child process by `main`)."""
+    import pandas as pd
+    import polars as pl
+
+    from tasks import kernels
+
+    using = cast(kernels.Backend, impl) if impl in ("rust", "polars") else None
+    if kernel == "window":
+        data = window_inputs(rows)
+        if impl == "pandas":
+            series = {k: pd.Series(v) for k, v in data.items()}
+            return measured(lambda: window_pandas(**series, windows=WINDOWS), repeat)
+        frames = {k: pl.Series(k, v) for k, v in data.items()}
+        return measured(lambda: kernels.window_aggregate(**frames, windows=WINDOWS, using=using), repeat)
+    if kernel == "haversine":
+        rng = np.random.default_rng(7)
+        coords = [rng.uniform(-80, 80, rows), rng.uniform(-180, 180, rows)] * 2
+        if impl == "pandas":
+            cols = [pd.Series(c) for c in coords]
+            return measured(lambda: haversine_pandas(*cols), repeat)
+        lat1, lon1, lat2, lon2 = (pl.Series(c) for c in coords)
+        return measured(lambda: kernels.haversine_km(lat1, lon1, lat2, lon2, using=using), repeat)
+    if kernel == "feature_step":
+        from fusion.settings import load_settings
+        from tasks.features import build_features
+        from tasks.ingest import enforce_schema, parse_table, read_source_bytes
+
+        settings = load_settings()
+        source, spec = settings.dataset.source, settings.dataset
+        tables = {}
+        for name, table in source.tables.items():
+            raw = parse_table(read_source_bytes(table.uri), table.uri, name, table)
+            tables[name] = enforce_schema(raw, name, table)
+        os.environ["FUSION_KERNELS"] = impl
+        return measured(
+            lambda: build_features(tables, source.primary, spec.features, spec.prediction_time, spec.target), repeat
+        )
+    raise ValueError(f"unknown kernel {kernel!r}")
+
+
+def child(kernel: str, impl: str, rows: int, repeat: int) -> dict[str, Any]:
+    command = [sys.executable, "-m", "benchmarks.features", "--case", kernel, impl, str(rows), str(repeat)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{kernel}/{impl}/{rows}: {done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"{kernel:13} {impl:7} {rows:>10,} rows: {result['seconds']:.3f} s, peak +{result['peak_extra_mb']:.0f} MB")
+    return {"kernel": kernel, "impl": impl, "rows": rows, **result}
+
+
+LABELS = {"window": "windowed aggregate", "haversine": "haversine", "feature_step": "whole feature step (flights)"}
+
+
+def report(results: list[dict[str, Any]]) -> str:
+    def row(kernel: str, rows: int) -> list[dict[str, Any]]:
+        return [r for r in results if r["kernel"] == kernel and r["rows"] == rows]
+
+    lines = [
+        "## Feature kernels (`make bench-features`)",
+        "",
+        f"Measured {dt.date.today().isoformat()} on {machine()}.",
+        "Command: `make bench-features`. Each case in a fresh process; time = best of the repeats; peak extra =",
+        "highest RSS during the call minus RSS before it (sampled every 2 ms). Windowed aggregate: count, sum,",
+        f"mean and max over 1 h and 24 h windows, {GROUPS} groups, unsorted times over a year, strictly before",
+        "each row's time. The pandas versions are the straightforward ones (groupby().rolling(closed='left')",
+        "over events and queries; numpy ufuncs on Series).",
+        "",
+        "| kernel | rows | Rust (s) | Polars twin (s) | pandas (s) | Rust vs twin | Rust vs pandas"
+        " | Rust / pandas peak memory |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kernel in ("window", "haversine", "feature_step"):
+        for rows in sorted({r["rows"] for r in results if r["kernel"] == kernel}):
+            by = {r["impl"]: r for r in row(kernel, rows)}
+            rust, twin, pandas = by.get("rust"), by.get("polars"), by.get("pandas")
+            assert rust and twin
+
+            def cell(r: dict[str, Any] | None) -> str:
+                return f"{r['seconds']:.3f}" if r else "—"
+
+            vs_pandas = f"{pandas['seconds'] / rust['seconds']:.1f}x" if pandas else "—"
+            memory = f"{rust['peak_extra_mb']:.0f} / {pandas['peak_extra_mb']:.0f} MB" if pandas else "—"
+            lines.append(
+                f"| {LABELS[kernel]} | {rows:,} | {cell(rust)} | {cell(twin)} | {cell(pandas)} |"
+                f" {twin['seconds'] / rust['seconds']:.2f}x | {vs_pandas} | {memory} |"
+            )
+    lines += [
+        "",
+        "Targets: windowed aggregate >= 2x its twin and >= 20x pandas; whole feature step >= 10x a pandas",
+        "implementation at <= 0.5x its peak memory. Haversine is a single fused pass that Polars evaluates as ~12",
+        "separate column operations; it stays in Rust only while it beats the twin (it does, modestly). The",
+        "whole-step row compares Fusion's feature step with Rust kernels against the same step on the twins; a",
+        "pandas implementation of the whole step is not written yet, so its target is not measured.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", nargs=4, metavar=("KERNEL", "IMPL", "ROWS", "REPEAT"), help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", default="1000000,10000000")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--write", type=Path)
+    args = parser.parse_args()
+    if args.case:
+        kernel, impl, rows, repeat = args.case
+        print(json.dumps(run_case(kernel, impl, int(rows), int(repeat))))
+        return
+    results = []
+    for rows in [int(s) for s in args.sizes.split(",")]:
+        for kernel in ("window", "haversine"):
+            for impl in ("rust", "polars", "pandas"):
+                results.append(child(kernel, impl, rows, 1 if impl == "pandas" and rows >= 10**7 else args.repeat))
+    for impl in ("rust", "polars"):
+        results.append(child("feature_step", impl, 336_776, args.repeat))
+    section = report(results)
+    print(section)
+    if args.write:
+        write_section(args.write, section)
+
+
+if __name__ == "__main__":
+    main()
