@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
@@ -37,6 +38,14 @@ def backend() -> Backend:
             raise FeatureError("FUSION_KERNELS=rust but the rust_ext extension is not installed (run `make setup`)")
         return "polars"
     return "rust"
+
+
+def native_library() -> list[Path]:
+    """The compiled extension file when the kernels run in Rust (part of the stage-cache code version)."""
+    if backend() != "rust" or _native is None or not getattr(_native, "__file__", None):
+        return []
+    # maturin installs a package: __init__.py re-exports the compiled module next to it
+    return sorted(Path(str(_native.__file__)).parent.glob("*.so")) or [Path(str(_native.__file__))]
 
 
 def _series(name: str, values: pl.Series | Sequence[Any], dtype: type[pl.DataType]) -> pl.Series:

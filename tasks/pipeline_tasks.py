@@ -38,13 +38,16 @@ from tasks.validate import ValidatedBatch, validate_batch
 
 @functools.cache
 def code_version() -> str:
-    """Hash of the code the stages run (tasks/ and the lake): changing it invalidates cached stages.
+    """Hash of the code the stages run (tasks/, the lake, the built rust_ext library when it is the
+    kernels' backend): changing it invalidates cached stages.
 
     The CLI, the flow and the settings loader are left out: they do not change what a stage computes
     (the settings themselves are stage inputs)."""
+    from tasks import kernels
+
     digest = hashlib.sha256()
     root = Path(__file__).resolve().parent.parent
-    for path in [*sorted((root / "tasks").rglob("*.py")), root / "fusion" / "lake.py"]:
+    for path in [*sorted((root / "tasks").rglob("*.py")), root / "fusion" / "lake.py", *kernels.native_library()]:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

@@ -170,3 +170,11 @@ def test_forcing_the_twins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FUSION_KERNELS", "cuda")
     with pytest.raises(FeatureError, match="FUSION_KERNELS must be 'rust' or 'polars'"):
         kernels.backend()
+
+
+def test_the_stage_cache_keys_on_the_compiled_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rebuilt extension changes the code version, so cached feature stages are recomputed."""
+    libraries = kernels.native_library()
+    assert libraries and all(p.suffix == ".so" and p.is_file() for p in libraries)
+    monkeypatch.setenv("FUSION_KERNELS", "polars")
+    assert kernels.native_library() == []
