@@ -51,15 +51,9 @@ def deployment_task_runner() -> DaskTaskRunner:
     this module, before the run's config is read, so it comes from that process's environment
     (FUSION_DASK_ADDRESS, FUSION_PIPELINE__DASK__*; set them on the worker or in the deployment's
     job_variables.env). `fusion run` chooses per config with `task_runner_for`."""
-    env = os.environ
-    local = DaskConfig.model_validate(
-        {
-            key: env[f"FUSION_PIPELINE__DASK__{key.upper()}"]
-            for key in DaskConfig.model_fields
-            if f"FUSION_PIPELINE__DASK__{key.upper()}" in env
-        }
-    )
-    return dask_runner(env.get("FUSION_DASK_ADDRESS") or None, local)
+    given = {key: os.environ.get(f"FUSION_PIPELINE__DASK__{key.upper()}") for key in DaskConfig.model_fields}
+    local = DaskConfig.model_validate({key: value for key, value in given.items() if value is not None})
+    return dask_runner(os.environ.get("FUSION_DASK_ADDRESS") or None, local)
 
 
 def dask_runner(address: str | None, local: DaskConfig) -> DaskTaskRunner:

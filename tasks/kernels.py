@@ -42,10 +42,10 @@ def backend() -> Backend:
 
 def native_library() -> list[Path]:
     """The compiled extension file when the kernels run in Rust (part of the stage-cache code version)."""
-    if backend() != "rust" or _native is None or not getattr(_native, "__file__", None):
+    if backend() != "rust" or _native is None:
         return []
-    # maturin installs a package: __init__.py re-exports the compiled module next to it
-    return sorted(Path(str(_native.__file__)).parent.glob("*.so")) or [Path(str(_native.__file__))]
+    # maturin installs a package: its __init__.py re-exports the compiled module next to it
+    return sorted(Path(str(_native.__file__)).parent.glob("*.so"))
 
 
 def _series(name: str, values: pl.Series | Sequence[Any], dtype: type[pl.DataType]) -> pl.Series:

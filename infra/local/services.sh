@@ -174,7 +174,7 @@ install_prefect() { require_venv; }
 PREFECT_ENV=(env "PREFECT_HOME=$STATE/prefect/home" "PREFECT_API_URL=http://127.0.0.1:$PREFECT_PORT/api"
     PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1)
 start_prefect() {
-    running postgres || up postgres
+    up postgres # its database: a no-op when running
     mkdir -p "$STATE/prefect/home"
     launch prefect "${PREFECT_ENV[@]}" \
         "PREFECT_API_DATABASE_CONNECTION_URL=postgresql+asyncpg://fusion@127.0.0.1:$POSTGRES_PORT/prefect" \
