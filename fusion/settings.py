@@ -112,6 +112,13 @@ class PreviousEvent(Frozen):
     columns: list[str]
 
 
+class CategoricalCross(Frozen):
+    """A categorical feature whose value is the stable 64-bit hash of several columns' values together."""
+
+    name: str = Field(description="feature name; its values are the hash as a decimal string")
+    columns: list[str] = Field(min_length=2, description="primary-table columns (raw or derived), in hash order")
+
+
 class FeatureSpec(Frozen):
     version: int = Field(description="bump when features change meaning; keys online features")
     derived: dict[str, str] = Field(
@@ -122,6 +129,7 @@ class FeatureSpec(Frozen):
     calendar: list[Literal["hour", "minute_of_day", "weekday", "month", "day_of_year"]] = Field(default_factory=list)
     numeric: list[str] = Field(default_factory=list, description="columns known before prediction time, used as is")
     categorical: list[str] = Field(default_factory=list)
+    crosses: list[CategoricalCross] = Field(default_factory=list)
     asof: list[AsOfJoin] = Field(default_factory=list)
     lookups: list[LookupJoin] = Field(default_factory=list)
     rolling: list[RollingAggregate] = Field(default_factory=list)

@@ -10,3 +10,7 @@ def window_aggregate(group: Any, known_at: Any, value: Any, at: Any, windows: Se
 
 def haversine_km(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> Any:
     """Great-circle distance in km (Float64 degrees in, Float64 out; null where any input is)."""
+
+def cross_hash(columns: Sequence[Any]) -> Any:
+    """Stable 64-bit hash (UInt64) of each row's values across the string columns (Utf8, LargeUtf8 or
+    Utf8View), in column order; null where any value is null. Definition: rust_ext/src/hash.rs."""

@@ -9,6 +9,7 @@ whose `known_at` is strictly before it.
 from __future__ import annotations
 
 import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import polars as pl
@@ -71,6 +72,21 @@ def calendar_features(spec: FeatureSpec) -> list[pl.Expr]:
     return [parts[p].cast(pl.Int32).alias(f"cal_{p}") for p in spec.calendar]
 
 
+def cross_features(spec: FeatureSpec) -> list[pl.Expr]:
+    """Each cross: the stable hash of its columns' values (tasks/kernels.py), as a category string.
+
+    A decimal string rather than UInt64 so that the model's category vocabulary, MLflow's schema and
+    JSON clients (whose numbers are doubles) all carry it exactly.
+    """
+    return [
+        pl.struct(cross.columns)
+        .map_batches(lambda s: kernels.cross_hash(s.struct.unnest().get_columns()), return_dtype=pl.UInt64)
+        .cast(pl.String)
+        .alias(cross.name)
+        for cross in spec.crosses
+    ]
+
+
 # Every join_asof below has both sides sorted by time explicitly; Polars cannot verify it
 # when `by` groups are given, so its check is turned off instead of warning each call.
 
@@ -112,6 +128,7 @@ def asof_features(base: pl.LazyFrame, tables: dict[str, pl.LazyFrame], spec: Fea
 
 
 def lookup_features(base: pl.LazyFrame, tables: dict[str, pl.LazyFrame], spec: FeatureSpec) -> list[pl.LazyFrame]:
+    """Static attributes by key; each part has one row per base row, in base order."""
     out = []
     for join in spec.lookups:
         right = (
@@ -120,8 +137,8 @@ def lookup_features(base: pl.LazyFrame, tables: dict[str, pl.LazyFrame], spec: F
             .drop_nulls("_key")
             .unique("_key", keep="first", maintain_order=True)
         )
-        left = base.select(ROW, pl.col(join.left_on).alias("_key"))
-        out.append(left.join(right, on="_key", how="left").select(ROW, *join.columns.values()))
+        left = base.select(pl.col(join.left_on).alias("_key"))
+        out.append(left.join(right, on="_key", how="left", maintain_order="left").select(*join.columns.values()))
     return out
 
 
@@ -129,12 +146,9 @@ def rolling_names(agg: RollingAggregate) -> list[str]:
     return [f"{agg.name}_{a}_{w}m" for w in agg.windows_minutes for a in agg.aggs]
 
 
-def rolling_features(base: pl.LazyFrame, spec: FeatureSpec) -> list[pl.LazyFrame]:
-    """Per-group sum/count/mean/max over values known in [T - window, T), T = prediction time.
-
-    One kernel call per aggregate spec for all its windows (tasks/kernels.py: Rust when built, else
-    the pure-Polars twin). Rows with a null group key neither count nor ask.
-    """
+def rolling_inputs(base: pl.LazyFrame, spec: FeatureSpec) -> list[pl.LazyFrame]:
+    """Per aggregate spec, the kernel's inputs in base row order: dense group id (null when a key is
+    null), known_at and prediction time as Int64 microseconds since the epoch (UTC), value as Float64."""
     out = []
     for agg in spec.rolling:
         keys = [pl.col(b) for b in agg.by]
@@ -145,21 +159,30 @@ def rolling_features(base: pl.LazyFrame, spec: FeatureSpec) -> list[pl.LazyFrame
             raise FeatureError(f"rolling aggregate {agg.name!r}: known_at does not fit the table: {exc}") from exc
         if not isinstance(known_type, pl.Datetime):
             raise FeatureError(f"rolling aggregate {agg.name!r}: known_at is {known_type}, not a datetime")
-        inputs = base.select(
-            ROW,
-            pl.when(pl.all_horizontal(k.is_not_null() for k in keys))
-            .then(pl.struct(keys).rank("dense").cast(pl.Int64))
-            .alias("_g"),
-            known_at.dt.epoch("us"),  # the kernels' time unit: Int64 microseconds since the epoch (UTC)
-            _sql(agg.value, "_v").cast(pl.Float64),
-            pl.col(PRED_TIME).dt.epoch("us"),
+        out.append(
+            base.select(
+                pl.when(pl.all_horizontal(k.is_not_null() for k in keys))
+                .then(pl.struct(keys).rank("dense").cast(pl.Int64))
+                .alias("_g"),
+                known_at.dt.epoch("us"),
+                _sql(agg.value, "_v").cast(pl.Float64),
+                pl.col(PRED_TIME).dt.epoch("us").alias("_a"),
+            )
         )
-        try:
-            frame = inputs.collect()
-        except pl.exceptions.PolarsError as exc:
-            raise FeatureError(f"rolling aggregate {agg.name!r} does not fit the data: {exc}") from exc
+    return out
+
+
+def rolling_features(inputs: list[pl.DataFrame], spec: FeatureSpec) -> list[pl.DataFrame]:
+    """Per-group sum/count/mean/max over values known in [T - window, T), T = prediction time.
+
+    One kernel call per aggregate spec for all its windows (tasks/kernels.py: Rust when built, else
+    the pure-Polars twin), on the collected `rolling_inputs`. Rows with a null group key neither count
+    nor ask. Each part is aligned with the base rows.
+    """
+
+    def one(agg: RollingAggregate, frame: pl.DataFrame) -> pl.DataFrame:
         windows = [w * 60_000_000 for w in agg.windows_minutes]
-        result = kernels.window_aggregate(frame["_g"], frame["_t"], frame["_v"], frame[PRED_TIME], windows)
+        result = kernels.window_aggregate(frame["_g"], frame["_t"], frame["_v"], frame["_a"], windows)
         columns: list[pl.Series] = []
         for minutes, w in zip(agg.windows_minutes, windows, strict=True):
             for a in agg.aggs:
@@ -167,8 +190,12 @@ def rolling_features(base: pl.LazyFrame, spec: FeatureSpec) -> list[pl.LazyFrame
                 columns.append(
                     (column.cast(pl.Float64) if a == "count" else column).alias(f"{agg.name}_{a}_{minutes}m")
                 )
-        out.append(pl.DataFrame([frame[ROW], *columns]).lazy())
-    return out
+        return pl.DataFrame(columns)
+
+    # The Rust kernel releases the GIL and has serial stretches (gathering rows, one-window sweeps):
+    # two specs at a time keep both cores busy.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(one, spec.rolling, inputs))
 
 
 def previous_features(base: pl.LazyFrame, spec: FeatureSpec) -> list[pl.LazyFrame]:
@@ -207,27 +234,36 @@ def build_features(
     lazy = {name: frame.lazy() for name, frame in tables.items()}
     base = with_derived(lazy[primary], spec, prediction)
     schema = base.collect_schema()
-    needed = [*spec.numeric, *spec.categorical, *spec.id_columns]
+    needed = [*spec.numeric, *spec.categorical, *spec.id_columns, *[c for x in spec.crosses for c in x.columns]]
     missing = [c for c in needed if c not in schema]
     if missing:
         raise FeatureError(f"feature spec names column(s) {missing} that table {primary!r} does not have")
-    own = [*calendar_features(spec), *[pl.col(c) for c in spec.numeric], *[pl.col(c) for c in spec.categorical]]
+    own = [
+        *calendar_features(spec),
+        *[pl.col(c) for c in spec.numeric],
+        *[pl.col(c) for c in spec.categorical],
+        *cross_features(spec),
+    ]
     names = feature_names(spec)
     head = [c for c in dict.fromkeys([*spec.id_columns, spec.event_time]) if c not in names]
     extra = [_sql(target.expr, target.name).cast(pl.Int8)] if target else []
-    frame = base.select(ROW, *[pl.col(c) for c in head], *own, *extra)
-    for part in [
-        *asof_features(base, lazy, spec),
-        *lookup_features(base, lazy, spec),
-        *rolling_features(base, spec),
-        *previous_features(base, spec),
-    ]:
-        frame = frame.join(part, on=ROW, how="left")
+    rolling = rolling_inputs(base, spec)
+    lookups = lookup_features(base, lazy, spec)
+    subsets = [*asof_features(base, lazy, spec), *previous_features(base, spec)]  # some rows, keyed by ROW
+    rows = base.select(ROW, *[pl.col(c) for c in head], *own, *extra)
     try:
-        result = frame.sort(ROW).drop(ROW).collect()
+        # One plan for every part: Polars runs them in parallel and computes the shared base once.
+        first, *collected = pl.collect_all([rows, *lookups, *subsets, *rolling])
+        aligned = collected[: len(lookups)]
+        keyed = collected[len(lookups) : len(lookups) + len(subsets)]
+        aligned += rolling_features(collected[len(lookups) + len(subsets) :], spec)
+        # parts with one row per base row, in base order, are put side by side; the others joined by ROW
+        frame = pl.concat([first, *aligned], how="horizontal")
+        for part in keyed:
+            frame = frame.join(part, on=ROW, how="left", maintain_order="left")
     except pl.exceptions.PolarsError as exc:
         raise FeatureError(f"feature spec does not fit the data: {exc}") from exc
-    return result
+    return frame.select(*head, *names, *([target.name] if target else []))
 
 
 def feature_names(spec: FeatureSpec) -> list[str]:
@@ -236,6 +272,7 @@ def feature_names(spec: FeatureSpec) -> list[str]:
         *[f"cal_{p}" for p in spec.calendar],
         *spec.numeric,
         *spec.categorical,
+        *[x.name for x in spec.crosses],
         *[f"{j.prefix}{c}" for j in spec.asof for c in j.columns],
         *[n for j in spec.lookups for n in j.columns.values()],
         *[n for agg in spec.rolling for n in rolling_names(agg)],

@@ -160,6 +160,9 @@ def haversine_km(
 
 EARTH_RADIUS_KM = 6371.0088
 
+# splitmix64 (Steele, Lea, Flood 2014): the golden gamma and the two multipliers of its output function.
+_GAMMA, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
 
 def haversine_expr(lat1: pl.Expr, lon1: pl.Expr, lat2: pl.Expr, lon2: pl.Expr) -> pl.Expr:
     """The twin as an expression, the same formula operation for operation as rust_ext/src/geo.rs."""
@@ -168,3 +171,60 @@ def haversine_expr(lat1: pl.Expr, lon1: pl.Expr, lat2: pl.Expr, lon2: pl.Expr) -
     dl = (lon2 - lon1).radians()
     a = (dp / 2).sin().pow(2) + p1.cos() * p2.cos() * (dl / 2).sin().pow(2)
     return (2.0 * EARTH_RADIUS_KM * a.sqrt().clip(upper_bound=1.0).arcsin()).alias("haversine_km")
+
+
+def cross_hash(columns: Sequence[pl.Series], using: Backend | None = None) -> pl.Series:
+    """Stable 64-bit hash (UInt64) of each row's values across the columns; null where any is null.
+
+    Values are hashed by their UTF-8 string form (non-string columns are cast to String first), in
+    column order. The definition is in rust_ext/src/hash.rs; it never changes between versions or
+    machines, so it can key features and online stores shared by training and serving.
+    """
+    if not columns:
+        raise FeatureError("cross_hash needs at least one column")
+    named = {f"columns[{j}]": _series(f"columns[{j}]", c, pl.String) for j, c in enumerate(columns)}
+    _same_length(named)
+    if (using or backend()) == "rust":
+        assert _native is not None
+        return pl.Series(_native.cross_hash(list(named.values())))
+    return _cross_hash_polars(list(named.values()))
+
+
+def _u64(value: int) -> pl.Expr:
+    return pl.lit(value, pl.UInt64)
+
+
+def splitmix64_expr(x: pl.Expr) -> pl.Expr:
+    """splitmix64's output function on UInt64 (Polars' integer arithmetic wraps; // 2^k is >> k)."""
+    z = x + _u64(_GAMMA)
+    z = z.xor(z // _u64(1 << 30)) * _u64(_MIX1)
+    z = z.xor(z // _u64(1 << 27)) * _u64(_MIX2)
+    return z.xor(z // _u64(1 << 31))
+
+
+def _cross_hash_polars(columns: list[pl.Series]) -> pl.Series:
+    """The twin: per column, each distinct value's XOR of splitmix64((column+1)<<40 | position<<8 | byte)
+    over its UTF-8 bytes (read back from hex), mapped onto the rows, XORed across columns, mixed once more."""
+    words: list[pl.Expr] = []
+    for j, column in enumerate(columns):
+        distinct = column.unique().drop_nulls().rename("_v").to_frame()
+        byte = pl.element().str.to_integer(base=16).cast(pl.UInt64)
+        position = pl.int_range(pl.len(), dtype=pl.UInt64)
+        word = splitmix64_expr(_u64((j + 1) << 40) + position * _u64(256) + byte)
+        table = distinct.select(
+            "_v",
+            pl.col("_v")
+            .str.encode("hex")
+            .str.extract_all("..")
+            .list.eval(word.bitwise_xor())
+            .list.first()
+            # an empty value has no bytes: XOR over nothing is 0
+            .fill_null(0)
+            .alias("_w"),
+        )
+        words.append(pl.col(f"_c{j}").replace_strict(table["_v"], table["_w"], default=None, return_dtype=pl.UInt64))
+    frame = pl.DataFrame({f"_c{j}": c for j, c in enumerate(columns)})
+    combined = words[0]
+    for w in words[1:]:
+        combined = combined.xor(w)
+    return frame.select(splitmix64_expr(combined).alias("cross_hash")).to_series()

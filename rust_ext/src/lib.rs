@@ -3,6 +3,7 @@
 //! themselves (window.rs, geo.rs) are pure Rust and tested with `cargo test`.
 
 pub mod geo;
+pub mod hash;
 pub mod window;
 
 use std::sync::Arc;
@@ -19,12 +20,18 @@ use pyo3_arrow::input::AnyArray;
 
 /// One contiguous array of the expected type from whatever Arrow object Python passed.
 fn contiguous(name: &str, input: AnyArray, expected: &DataType) -> PyArrowResult<ArrayRef> {
+    contiguous_of(name, input, std::slice::from_ref(expected), &expected.to_string())
+}
+
+/// One contiguous array of any of the accepted types (`wanted` describes them in the error).
+fn contiguous_of(name: &str, input: AnyArray, accepted: &[DataType], wanted: &str) -> PyArrowResult<ArrayRef> {
     let (chunks, field) = input.into_chunked_array()?.into_inner();
-    if field.data_type() != expected {
-        return Err(PyTypeError::new_err(format!("{name}: expected {expected}, got {}", field.data_type())).into());
+    let dtype = field.data_type();
+    if !accepted.contains(dtype) {
+        return Err(PyTypeError::new_err(format!("{name}: expected {wanted}, got {dtype}")).into());
     }
     Ok(match chunks.len() {
-        0 => new_empty_array(expected),
+        0 => new_empty_array(dtype),
         1 => chunks[0].clone(),
         _ => arrow_select::concat::concat(&chunks.iter().map(|c| c.as_ref()).collect::<Vec<&dyn Array>>())?,
     })
@@ -106,8 +113,33 @@ fn haversine_km(
     Ok(named("haversine_km".to_string(), Arc::new(out)))
 }
 
+/// Stable 64-bit hash of the row-wise cross of string columns (see hash.rs for the definition);
+/// null where any value is null. Columns: Utf8, LargeUtf8 or Utf8View (what polars exports), equal lengths.
+#[pyfunction]
+#[pyo3(signature = (columns))]
+fn cross_hash(py: Python<'_>, columns: Vec<AnyArray>) -> PyArrowResult<PyArray> {
+    let accepted = [DataType::Utf8, DataType::LargeUtf8, DataType::Utf8View];
+    let arrays = columns
+        .into_iter()
+        .enumerate()
+        .map(|(j, c)| contiguous_of(&format!("columns[{j}]"), c, &accepted, "a string array"))
+        .collect::<PyArrowResult<Vec<ArrayRef>>>()?;
+    let strings: Vec<hash::Strings<'_>> = arrays
+        .iter()
+        .map(|a| match a.data_type() {
+            DataType::Utf8 => hash::Strings::Utf8(a.as_string::<i32>()),
+            DataType::LargeUtf8 => hash::Strings::LargeUtf8(a.as_string::<i64>()),
+            _ => hash::Strings::Utf8View(a.as_string_view()),
+        })
+        .collect();
+    let out = py
+        .detach(|| hash::cross_hash(&strings))
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(named("cross_hash".to_string(), Arc::new(out)))
+}
+
 #[pymodule]
 mod rust_ext {
     #[pymodule_export]
-    use super::{haversine_km, window_aggregate};
+    use super::{cross_hash, haversine_km, window_aggregate};
 }

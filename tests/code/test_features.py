@@ -11,6 +11,7 @@ import pytest
 from fusion.errors import FeatureError
 from fusion.settings import FeatureSpec, PredictionTimeConfig, TargetConfig
 from tasks.features import build_features, feature_names
+from tests.code.test_kernels import reference_cross_hash
 
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 
@@ -149,6 +150,25 @@ def test_lookup_calendar_and_target() -> None:
     assert out["cal_minute_of_day"].to_list() == [19 * 60, 8 * 60, 60]
     assert out["y"].to_list() == [0, 1, 1]
     assert set(feature_names(s)) <= set(out.columns)
+
+
+@pytest.mark.parametrize("using", ["rust", "polars"])
+def test_cross_is_the_stable_hash_of_the_values_as_a_category(using: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FUSION_KERNELS", using)
+    events = random_events(50, 3).with_columns(h=pl.col("lag") % 3)
+    s = spec(crosses=[{"name": "g_h", "columns": ["g", "h"]}])
+    out = build_features({"e": events}, "e", s, PredictionTimeConfig(), None)
+    assert "g_h" in feature_names(s) and out["g_h"].dtype == pl.String
+    expected = [
+        None if g is None else str(reference_cross_hash((g, str(h))))
+        for g, h in zip(events["g"], events["h"], strict=True)
+    ]
+    assert out["g_h"].to_list() == expected
+    assert out["g_h"].drop_nulls().n_unique() == events.drop_nulls("g").select("g", "h").n_unique()
+    with pytest.raises(FeatureError, match=r"\['nope'\]"):
+        build_features(
+            {"e": events}, "e", spec(crosses=[{"name": "x", "columns": ["g", "nope"]}]), PredictionTimeConfig(), None
+        )
 
 
 def test_spec_errors_name_the_problem() -> None:

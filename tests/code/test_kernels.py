@@ -164,6 +164,78 @@ def test_haversine_known_values_and_errors(using: kernels.Backend) -> None:
         kernels.haversine_km(zero, zero, zero, pl.Series([1.0, 2.0]), using=using)
 
 
+def reference_cross_hash(values: tuple[str | None, ...]) -> int | None:
+    """The definition in rust_ext/src/hash.rs, transcribed to plain Python integers: the oracle."""
+    mask = (1 << 64) - 1
+
+    def splitmix64(x: int) -> int:
+        z = (x + 0x9E3779B97F4A7C15) & mask
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    if any(v is None for v in values):
+        return None
+    h = 0
+    for j, value in enumerate(values):
+        for i, byte in enumerate(str(value).encode()):
+            h ^= splitmix64(((j + 1) << 40) | (i << 8) | byte)
+    return splitmix64(h)
+
+
+# Few distinct values (the twin hashes distinct values) plus arbitrary Unicode, empty strings and nulls.
+cross_values = st.one_of(st.none(), st.sampled_from(["", "UA", "EWR", "ä", "a|b", "\x00"]), st.text(max_size=12))
+
+
+@SETTINGS
+@given(
+    rows=st.integers(0, 40).flatmap(
+        lambda n: st.lists(st.lists(cross_values, min_size=n, max_size=n), min_size=1, max_size=3)
+    ),
+    chunked=st.booleans(),
+)
+def test_cross_hash_rust_equals_polars_equals_definition(rows: list[list[str | None]], chunked: bool) -> None:
+    columns = [pl.Series(f"c{j}", values, dtype=pl.String) for j, values in enumerate(rows)]
+    if chunked and len(columns[0]) > 1:
+        columns = [c[:1].append(c[1:]) for c in columns]
+    rust = kernels.cross_hash(columns, using="rust")
+    twin = kernels.cross_hash(columns, using="polars")
+    assert rust.dtype == twin.dtype == pl.UInt64
+    expected = [reference_cross_hash(values) for values in zip(*rows, strict=True)]
+    assert rust.to_list() == expected
+    assert twin.to_list() == expected
+
+
+@pytest.mark.parametrize("using", ["rust", "polars"])
+def test_cross_hash_is_stable_and_typed(using: kernels.Backend) -> None:
+    """Pinned values: stored features and online keys depend on them never changing."""
+    carrier, origin = pl.Series(["UA", "B6", None]), pl.Series(["EWR", "JFK", "LGA"])
+    assert kernels.cross_hash([carrier, origin], using=using).to_list() == [
+        0x60A8F2466D35E951,
+        0x62BE9E7B5A791C31,
+        None,
+    ]
+    # column order matters; non-string columns are hashed by their string form
+    assert kernels.cross_hash([origin, carrier], using=using)[0] != 0x60A8F2466D35E951
+    numbers = kernels.cross_hash([pl.Series([1507, None]), pl.Series(["x", "y"]).cast(pl.Categorical)], using=using)
+    assert numbers.to_list() == [reference_cross_hash(("1507", "x")), None]
+    with pytest.raises(FeatureError, match="at least one column"):
+        kernels.cross_hash([], using=using)
+    with pytest.raises(FeatureError, match=r"columns\[1\] has 1 rows, expected 3"):
+        kernels.cross_hash([carrier, pl.Series(["a"])], using=using)
+
+
+def test_the_extension_checks_string_types_itself() -> None:
+    import rust_ext
+
+    with pytest.raises(TypeError, match=r"columns\[0\]: expected a string array, got Int64"):
+        rust_ext.cross_hash([pl.Series([1, 2])])
+    with pytest.raises(ValueError, match=r"columns\[1\] has 1 rows"):
+        rust_ext.cross_hash([pl.Series(["a", "b"]), pl.Series(["a"])])
+    with pytest.raises(ValueError, match="at least one column"):
+        rust_ext.cross_hash([])
+
+
 def test_forcing_the_twins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FUSION_KERNELS", "polars")
     assert kernels.backend() == "polars"
