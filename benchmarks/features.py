@@ -246,8 +246,28 @@ def report(results: list[dict[str, Any]]) -> str:
         "operations. The whole step's pandas version (benchmarks/features_pandas.py) is checked to produce the",
         "same table as Fusion's before it is timed.",
         "",
+        *verdict(results),
+        "",
     ]
     return "\n".join(lines)
+
+
+def verdict(results: list[dict[str, Any]]) -> list[str]:
+    """The targets, met or not, from the figures of this run."""
+    by = {(r["kernel"], r["impl"], r["rows"]): r for r in results}
+    lines = []
+    for rows in sorted({r["rows"] for r in results if r["kernel"] == "window"}):
+        rust, twin, pandas = (by[("window", impl, rows)] for impl in ("rust", "polars", "pandas"))
+        vs_twin, vs_pandas = twin["seconds"] / rust["seconds"], pandas["seconds"] / rust["seconds"]
+        met = "met" if vs_twin >= 2 and vs_pandas >= 20 else "NOT met"
+        lines.append(f"- Windowed aggregate, {rows:,} rows: {vs_twin:.1f}x the twin, {vs_pandas:.1f}x pandas: {met}.")
+    rust, pandas = (
+        next(r for r in results if r["kernel"] == "feature_step" and r["impl"] == i) for i in ("rust", "pandas")
+    )
+    speed, memory = pandas["seconds"] / rust["seconds"], rust["peak_extra_mb"] / max(pandas["peak_extra_mb"], 1)
+    met = "met" if speed >= 10 and memory <= 0.5 else "NOT met"
+    lines.append(f"- Whole feature step: {speed:.1f}x pandas at {memory:.2f}x its peak memory: {met}.")
+    return lines
 
 
 def main() -> None:
