@@ -160,9 +160,6 @@ def haversine_km(
 
 EARTH_RADIUS_KM = 6371.0088
 
-# splitmix64 (Steele, Lea, Flood 2014): the golden gamma and the two multipliers of its output function.
-_GAMMA, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
-
 
 def haversine_expr(lat1: pl.Expr, lon1: pl.Expr, lat2: pl.Expr, lon2: pl.Expr) -> pl.Expr:
     """The twin as an expression, the same formula operation for operation as rust_ext/src/geo.rs."""
@@ -188,6 +185,10 @@ def cross_hash(columns: Sequence[pl.Series], using: Backend | None = None) -> pl
         assert _native is not None
         return pl.Series(_native.cross_hash(list(named.values())))
     return _cross_hash_polars(list(named.values()))
+
+
+# splitmix64 (Steele, Lea, Flood 2014): the golden gamma and the two multipliers of its output function.
+_GAMMA, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 
 
 def _u64(value: int) -> pl.Expr:

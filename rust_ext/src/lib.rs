@@ -1,6 +1,6 @@
 //! Python bindings of Fusion's feature kernels: Arrow arrays in and out through the Arrow PyCapsule
 //! interface (polars Series, pyarrow arrays), no copy on the way in beyond joining chunks. The kernels
-//! themselves (window.rs, geo.rs) are pure Rust and tested with `cargo test`.
+//! themselves (window.rs, hash.rs, geo.rs) are pure Rust and tested with `cargo test`.
 
 pub mod geo;
 pub mod hash;
