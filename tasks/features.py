@@ -100,7 +100,11 @@ def _queries(base: pl.LazyFrame, keys: dict[str, str]) -> pl.LazyFrame:
     )
 
 
-def asof_features(base: pl.LazyFrame, tables: dict[str, pl.LazyFrame], spec: FeatureSpec) -> list[pl.LazyFrame]:
+def asof_features(
+    base: pl.LazyFrame, tables: dict[str, pl.LazyFrame], spec: FeatureSpec, keep_time: bool = False
+) -> list[pl.LazyFrame]:
+    """Per as-of join, the latest right row at or before each base row's prediction time (within the
+    tolerance), keyed by ROW; `keep_time` adds that row's time as `_t` (online features need it)."""
     out = []
     for join in spec.asof:
         right = (
@@ -123,7 +127,7 @@ def asof_features(base: pl.LazyFrame, tables: dict[str, pl.LazyFrame], spec: Fea
             strategy="backward",
             tolerance=tolerance,
         )
-        out.append(joined.select(ROW, *[f"{join.prefix}{c}" for c in join.columns]))
+        out.append(joined.select(ROW, *[f"{join.prefix}{c}" for c in join.columns], *(["_t"] if keep_time else [])))
     return out
 
 
@@ -149,27 +153,28 @@ def rolling_names(agg: RollingAggregate) -> list[str]:
 def rolling_inputs(base: pl.LazyFrame, spec: FeatureSpec) -> list[pl.LazyFrame]:
     """Per aggregate spec, the kernel's inputs in base row order: dense group id (null when a key is
     null), known_at and prediction time as Int64 microseconds since the epoch (UTC), value as Float64."""
-    out = []
-    for agg in spec.rolling:
-        keys = [pl.col(b) for b in agg.by]
-        known_at = _sql(agg.known_at, "_t")
-        try:
-            known_type = base.select(known_at).collect_schema()["_t"]
-        except pl.exceptions.PolarsError as exc:
-            raise FeatureError(f"rolling aggregate {agg.name!r}: known_at does not fit the table: {exc}") from exc
-        if not isinstance(known_type, pl.Datetime):
-            raise FeatureError(f"rolling aggregate {agg.name!r}: known_at is {known_type}, not a datetime")
-        out.append(
-            base.select(
-                pl.when(pl.all_horizontal(k.is_not_null() for k in keys))
-                .then(pl.struct(keys).rank("dense").cast(pl.Int64))
-                .alias("_g"),
-                known_at.dt.epoch("us"),
-                _sql(agg.value, "_v").cast(pl.Float64),
-                pl.col(PRED_TIME).dt.epoch("us").alias("_a"),
-            )
-        )
-    return out
+    return [rolling_input(base, agg) for agg in spec.rolling]
+
+
+def rolling_input(base: pl.LazyFrame, agg: RollingAggregate, keep_keys: bool = False) -> pl.LazyFrame:
+    """One spec's kernel inputs (see rolling_inputs); `keep_keys` adds the group key columns."""
+    keys = [pl.col(b) for b in agg.by]
+    known_at = _sql(agg.known_at, "_t")
+    try:
+        known_type = base.select(known_at).collect_schema()["_t"]
+    except pl.exceptions.PolarsError as exc:
+        raise FeatureError(f"rolling aggregate {agg.name!r}: known_at does not fit the table: {exc}") from exc
+    if not isinstance(known_type, pl.Datetime):
+        raise FeatureError(f"rolling aggregate {agg.name!r}: known_at is {known_type}, not a datetime")
+    return base.select(
+        pl.when(pl.all_horizontal(k.is_not_null() for k in keys))
+        .then(pl.struct(keys).rank("dense").cast(pl.Int64))
+        .alias("_g"),
+        known_at.dt.epoch("us"),
+        _sql(agg.value, "_v").cast(pl.Float64),
+        pl.col(PRED_TIME).dt.epoch("us").alias("_a"),
+        *(keys if keep_keys else []),
+    )
 
 
 def rolling_features(inputs: list[pl.DataFrame], spec: FeatureSpec) -> list[pl.DataFrame]:
@@ -180,26 +185,31 @@ def rolling_features(inputs: list[pl.DataFrame], spec: FeatureSpec) -> list[pl.D
     nor ask. Each part is aligned with the base rows.
     """
 
-    def one(agg: RollingAggregate, frame: pl.DataFrame) -> pl.DataFrame:
-        windows = [w * 60_000_000 for w in agg.windows_minutes]
-        result = kernels.window_aggregate(frame["_g"], frame["_t"], frame["_v"], frame["_a"], windows)
-        columns: list[pl.Series] = []
-        for minutes, w in zip(agg.windows_minutes, windows, strict=True):
-            for a in agg.aggs:
-                column = result[f"{a}_{w}"]
-                columns.append(
-                    (column.cast(pl.Float64) if a == "count" else column).alias(f"{agg.name}_{a}_{minutes}m")
-                )
-        return pl.DataFrame(columns)
-
     # The Rust kernel releases the GIL and has serial stretches (gathering rows, one-window sweeps):
     # two specs at a time keep both cores busy.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return list(pool.map(one, spec.rolling, inputs))
+        return list(pool.map(rolling_aggregate, spec.rolling, inputs))
 
 
-def previous_features(base: pl.LazyFrame, spec: FeatureSpec) -> list[pl.LazyFrame]:
-    """Values of the group's latest event known strictly before T, and the minutes since it."""
+def rolling_aggregate(agg: RollingAggregate, frame: pl.DataFrame) -> pl.DataFrame:
+    """One spec's kernel call on its inputs (`_g`, `_t`, `_v`, `_a`), as named feature columns."""
+    windows = [w * 60_000_000 for w in agg.windows_minutes]
+    result = kernels.window_aggregate(frame["_g"], frame["_t"], frame["_v"], frame["_a"], windows)
+    columns: list[pl.Series] = []
+    for minutes, w in zip(agg.windows_minutes, windows, strict=True):
+        for a in agg.aggs:
+            column = result[f"{a}_{w}"]
+            columns.append((column.cast(pl.Float64) if a == "count" else column).alias(f"{agg.name}_{a}_{minutes}m"))
+    return pl.DataFrame(columns)
+
+
+def previous_features(
+    base: pl.LazyFrame, spec: FeatureSpec, queries: pl.LazyFrame | None = None, keep_time: bool = False
+) -> list[pl.LazyFrame]:
+    """Values of the group's latest event known strictly before T, and the minutes since it.
+
+    Events are the base rows; the rows that ask are `queries` (default: the base rows too).
+    `keep_time` adds the event's known_at as `_t`."""
     out = []
     for prev in spec.previous:
         keys = {b: f"_by{i}" for i, b in enumerate(prev.by)}
@@ -215,11 +225,13 @@ def previous_features(base: pl.LazyFrame, spec: FeatureSpec) -> list[pl.LazyFram
             .unique([*by, "_t"], keep="last", maintain_order=True)
             .sort("_t")
         )
-        joined = _queries(base, keys).join_asof(
+        joined = _queries(base if queries is None else queries, keys).join_asof(
             events, check_sortedness=False, left_on=PRED_TIME, right_on="_t", by=by, allow_exact_matches=False
         )
         since = ((pl.col(PRED_TIME) - pl.col("_t")).dt.total_seconds() / 60.0).alias(f"{prev.name}_minutes_since")
-        out.append(joined.select(ROW, *[f"{prev.name}_{c}" for c in prev.columns], since))
+        out.append(
+            joined.select(ROW, *[f"{prev.name}_{c}" for c in prev.columns], since, *(["_t"] if keep_time else []))
+        )
     return out
 
 
@@ -238,12 +250,7 @@ def build_features(
     missing = [c for c in needed if c not in schema]
     if missing:
         raise FeatureError(f"feature spec names column(s) {missing} that table {primary!r} does not have")
-    own = [
-        *calendar_features(spec),
-        *[pl.col(c) for c in spec.numeric],
-        *[pl.col(c) for c in spec.categorical],
-        *cross_features(spec),
-    ]
+    own = own_features(spec)
     names = feature_names(spec)
     head = [c for c in dict.fromkeys([*spec.id_columns, spec.event_time]) if c not in names]
     extra = [_sql(target.expr, target.name).cast(pl.Int8)] if target else []
@@ -264,6 +271,16 @@ def build_features(
     except pl.exceptions.PolarsError as exc:
         raise FeatureError(f"feature spec does not fit the data: {exc}") from exc
     return frame.select(*head, *names, *([target.name] if target else []))
+
+
+def own_features(spec: FeatureSpec) -> list[pl.Expr]:
+    """Features computed from the row alone (no other rows or tables): the same at training and serving."""
+    return [
+        *calendar_features(spec),
+        *[pl.col(c) for c in spec.numeric],
+        *[pl.col(c) for c in spec.categorical],
+        *cross_features(spec),
+    ]
 
 
 def feature_names(spec: FeatureSpec) -> list[str]:

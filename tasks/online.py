@@ -1,0 +1,237 @@
+"""Online features: the per-group state serving needs, computed by the training feature code.
+
+At the end of a run, `online_state` computes for every stateful part of the feature spec (as-of
+joins, lookups, windowed aggregates, previous events) each group's values as of the batch's latest
+prediction time (`as_of`), by running the same functions as training (tasks/features.py) with one
+probe row per group at `as_of`. At request time `request_features` computes the row-local features
+with the same expressions as training and takes each stateful part's values by group key from a
+store (tasks/online_store.py: Redis, or the lake snapshot in memory).
+
+Exactness: a request whose prediction time is `as_of` gets the features training would give a new
+row at that time (tests/code/test_online.py). For a later request, the minutes since a previous
+event and the as-of tolerance are recomputed at the request's time; windowed aggregates stay as of
+`as_of` until the next run materializes them again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import polars as pl
+
+from fusion.errors import FeatureError
+from fusion.settings import FeatureSpec, PredictionTimeConfig
+from tasks.features import (
+    PRED_TIME,
+    ROW,
+    asof_features,
+    feature_names,
+    lookup_features,
+    own_features,
+    previous_features,
+    rolling_aggregate,
+    rolling_input,
+    rolling_names,
+    with_derived,
+)
+
+KEY = "_key"
+TIME = "_t"
+KEY_SEPARATOR = "\x1f"  # ASCII unit separator between the values of a composite group key
+
+
+@dataclass(frozen=True)
+class OnlinePart:
+    """One stateful part of the spec: the group key columns of the request row and what it gives."""
+
+    name: str
+    kind: Literal["asof", "lookup", "rolling", "previous"]
+    keys: list[str]
+    columns: list[str]  # feature columns, in feature_names order
+    timed: bool = False  # the state carries the time of the row it came from (`_t`, µs)
+    tolerance_us: int | None = None  # as-of: the joined row must be at most this old
+    zero_when_missing: list[str] = field(default_factory=list)  # counts and sums of a group with no events
+
+
+def online_parts(spec: FeatureSpec) -> list[OnlinePart]:
+    parts = []
+    for i, join in enumerate(spec.asof):
+        tolerance = join.tolerance_minutes * 60_000_000 if join.tolerance_minutes else None
+        columns = [f"{join.prefix}{c}" for c in join.columns]
+        parts.append(OnlinePart(f"asof{i}_{join.table}", "asof", [join.left_on], columns, True, tolerance))
+    for i, lookup in enumerate(spec.lookups):
+        parts.append(OnlinePart(f"lookup{i}_{lookup.table}", "lookup", [lookup.left_on], list(lookup.columns.values())))
+    for agg in spec.rolling:
+        names = rolling_names(agg)
+        zero = [n for n in names if n.split("_")[-2] in ("count", "sum")]
+        parts.append(OnlinePart(f"rolling_{agg.name}", "rolling", list(agg.by), names, zero_when_missing=zero))
+    for prev in spec.previous:
+        parts.append(
+            OnlinePart(
+                f"previous_{prev.name}", "previous", list(prev.by), [f"{prev.name}_{c}" for c in prev.columns], True
+            )
+        )
+    return parts
+
+
+def group_key(columns: Sequence[str]) -> pl.Expr:
+    """The store key of a row's group: its key values as strings, joined; null when any is null."""
+    values = [pl.col(c).cast(pl.String) for c in columns]
+    return (
+        pl.when(pl.all_horizontal(v.is_not_null() for v in values))
+        .then(pl.concat_str(values, separator=KEY_SEPARATOR))
+        .alias(KEY)
+    )
+
+
+@dataclass(frozen=True)
+class OnlineState:
+    as_of: dt.datetime
+    frames: dict[str, pl.DataFrame]  # part name -> `_key`, the part's columns, `_t` when timed
+
+
+def _probe(keys: pl.DataFrame, as_of: dt.datetime) -> pl.LazyFrame:
+    """One asking row per group at `as_of`, shaped like the base rows the feature code reads."""
+    return keys.with_row_index(ROW).with_columns(pl.lit(as_of).dt.cast_time_unit("us").alias(PRED_TIME)).lazy()
+
+
+def online_state(
+    tables: dict[str, pl.DataFrame], primary: str, spec: FeatureSpec, prediction: PredictionTimeConfig
+) -> OnlineState:
+    """Every stateful part's values per group as of the latest prediction time in the batch."""
+    lazy = {name: frame.lazy() for name, frame in tables.items()}
+    base = with_derived(lazy[primary], spec, prediction)
+    as_of = base.select(pl.col(PRED_TIME).max()).collect().item()
+    if as_of is None:
+        raise FeatureError("no row has a prediction time: nothing to materialize")
+    frames: dict[str, pl.DataFrame] = {}
+    parts = {p.name: p for p in online_parts(spec)}
+    for i, join in enumerate(spec.asof):
+        part = parts[f"asof{i}_{join.table}"]
+        keys = lazy[join.table].select(pl.col(join.right_on).alias(join.left_on)).drop_nulls().unique().collect()
+        probe = _probe(keys, as_of)
+        (found,) = asof_features(probe, lazy, spec.model_copy(update={"asof": [join]}), keep_time=True)
+        joined = probe.join(found, on=ROW, how="inner").drop_nulls(TIME)
+        frames[part.name] = joined.select(group_key(part.keys), *part.columns, pl.col(TIME).dt.epoch("us")).collect()
+    for i, lookup in enumerate(spec.lookups):
+        part = parts[f"lookup{i}_{lookup.table}"]
+        keys = lazy[lookup.table].select(pl.col(lookup.right_on).alias(lookup.left_on)).drop_nulls().unique().collect()
+        (found,) = lookup_features(keys.lazy(), lazy, spec.model_copy(update={"lookups": [lookup]}))
+        frames[part.name] = (
+            pl.concat([keys.lazy(), found], how="horizontal").select(group_key(part.keys), *part.columns).collect()
+        )
+    for agg in spec.rolling:
+        part = parts[f"rolling_{agg.name}"]
+        inputs = rolling_input(base, agg, keep_keys=True).collect()
+        groups = inputs.filter(pl.col("_g").is_not_null()).unique("_g", maintain_order=True)
+        as_of_us = int(pl.Series([as_of]).dt.epoch("us")[0])
+        kernel_input = pl.concat(
+            [
+                inputs.select("_g", "_t", "_v", pl.lit(None, pl.Int64).alias("_a")),
+                groups.select(
+                    "_g",
+                    pl.lit(None, pl.Int64).alias("_t"),
+                    pl.lit(None, pl.Float64).alias("_v"),
+                    pl.lit(as_of_us, pl.Int64).alias("_a"),
+                ),
+            ]
+        )
+        values = rolling_aggregate(agg, kernel_input).tail(groups.height)
+        frames[part.name] = pl.concat([groups.select(group_key(part.keys)), values], how="horizontal")
+    for prev in spec.previous:
+        part = parts[f"previous_{prev.name}"]
+        keys = base.select(prev.by).drop_nulls().unique().collect()
+        probe = _probe(keys, as_of)
+        (found,) = previous_features(base, spec.model_copy(update={"previous": [prev]}), queries=probe, keep_time=True)
+        joined = probe.join(found, on=ROW, how="inner").drop_nulls(TIME)
+        frames[part.name] = joined.select(group_key(part.keys), *part.columns, pl.col(TIME).dt.epoch("us")).collect()
+    return OnlineState(as_of=as_of, frames=frames)
+
+
+# (part name, group key) -> the part's stored values ([*columns, _t when timed]), or None when absent
+Fetch = Callable[[list[tuple[str, str]]], list[list[Any] | None]]
+
+
+@dataclass(frozen=True)
+class RequestFeatures:
+    frame: pl.DataFrame  # the model's input columns, in feature_names order
+    defaults: dict[str, int]  # part name -> rows whose group had no stored state (defaults used)
+
+
+def request_features(
+    records: pl.DataFrame, spec: FeatureSpec, prediction: PredictionTimeConfig, fetch: Fetch
+) -> RequestFeatures:
+    """Features of new rows (the primary table's columns): row-local ones by the training
+    expressions, stateful ones from the store by group key, one `fetch` for all of them."""
+    parts = online_parts(spec)
+    base = with_derived(records.lazy(), spec, prediction)
+    keys = [group_key(p.keys).alias(f"{KEY}{i}") for i, p in enumerate(parts)]
+    try:
+        rows = base.select(*own_features(spec), pl.col(PRED_TIME).dt.epoch("us").alias("_a"), *keys).collect()
+    except pl.exceptions.PolarsError as exc:
+        raise FeatureError(f"records do not fit the feature spec: {exc}") from exc
+    at: list[int | None] = rows["_a"].to_list()
+    group_keys = [rows[f"{KEY}{i}"].to_list() for i in range(len(parts))]
+    asks = [
+        (p.name, k)
+        for p, ks in zip(parts, group_keys, strict=True)
+        for k, a in zip(ks, at, strict=True)
+        if k is not None and a is not None
+    ]
+    answers = iter(fetch(asks) if asks else [])
+    columns: dict[str, list[Any]] = {}
+    defaults: dict[str, int] = {}
+    for part, part_keys in zip(parts, group_keys, strict=True):
+        outputs = part_outputs(part)
+        values_by_column: list[list[Any]] = [[] for _ in outputs]
+        missing = 0
+        for key, a in zip(part_keys, at, strict=True):
+            if key is None or a is None:  # training gives such rows nulls, not defaults
+                values: list[Any] = [None] * len(outputs)
+            else:
+                stored = next(answers)
+                if stored is None:
+                    missing += 1
+                    values = [0.0 if c in part.zero_when_missing else None for c in outputs]
+                else:
+                    values = resolve(part, stored, a)
+            for column, value in zip(values_by_column, values, strict=True):
+                column.append(value)
+        defaults[part.name] = missing
+        columns.update(zip(outputs, values_by_column, strict=True))
+    frame = rows.drop("_a", *[f"{KEY}{i}" for i in range(len(parts))]).with_columns(
+        pl.Series(name, values, strict=False) for name, values in columns.items()
+    )
+    return RequestFeatures(frame.select(feature_names(spec)), defaults)
+
+
+def part_outputs(part: OnlinePart) -> list[str]:
+    """The feature columns a part gives a request: its stored columns, and for a previous event
+    the minutes since it (which depends on the request's time)."""
+    if part.kind == "previous":
+        name = part.name.removeprefix("previous_")
+        return [*part.columns, f"{name}_minutes_since"]
+    return part.columns
+
+
+def resolve(part: OnlinePart, stored: list[Any], at_us: int) -> list[Any]:
+    """A group's stored values as seen from a request at `at_us` (µs): an as-of row must be at or
+    before it and within the tolerance, a previous event strictly before it."""
+    if not part.timed:
+        return stored
+    *values, t = stored
+    if part.kind == "asof":
+        fresh = t <= at_us and (part.tolerance_us is None or at_us - t <= part.tolerance_us)
+        return values if fresh else [None] * len(values)
+    if t < at_us:
+        return [*values, (at_us - t) / 60_000_000]
+    return [None] * (len(values) + 1)
+
+
+def state_rows(part: OnlinePart, frame: pl.DataFrame) -> list[tuple[str, list[Any]]]:
+    """(group key, stored values) of one part's state frame, in the layout `resolve` reads."""
+    stored = [*part.columns, TIME] if part.timed else part.columns
+    return list(zip(frame[KEY].to_list(), frame.select(stored).rows(), strict=True))  # type: ignore[arg-type]
