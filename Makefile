@@ -54,7 +54,7 @@ lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff format --check .
 
 typecheck: setup ## mypy over the packages
-	$(VENV)/bin/mypy fusion tasks flows benchmarks
+	$(VENV)/bin/mypy fusion tasks flows serving benchmarks
 
 rust-check: setup ## rust_ext: cargo fmt --check, clippy (warnings are errors) and cargo test
 	cd rust_ext && cargo fmt --check

@@ -1,4 +1,5 @@
-"""Flow `training_pipeline`: ingest -> validate -> features -> train -> evaluate -> register -> promote.
+"""Flow `training_pipeline`: ingest -> validate -> features -> train -> evaluate -> register -> promote
+-> online features (the per-group state serving reads).
 
 Composition only: which tasks, in which order, with which settings, and the
 event each stage emits. The work is in tasks/.
@@ -203,6 +204,10 @@ def training_pipeline(
                     "test_auc": evaluation.test_auc,
                 },
             )
+
+        stage = "online-features"
+        online = runner.run("online-features", stages.materialize_online, valid, dataset, lake, settings.redis_url)
+        summary.online_features = online.manifest_uri
     except FusionError as exc:
         summary.error = f"{stage}: {exc}"
         summary.duration_s = round(time.perf_counter() - started, 3)

@@ -1,4 +1,4 @@
-"""`fusion` command line: `fusion run [--config PATH] [--json]`."""
+"""`fusion` command line: `fusion run`, `fusion serve`, `fusion trigger`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from fusion.settings import DEFAULT_CONFIG, load_settings
+from fusion.settings import DEFAULT_CONFIG, load_settings, with_overrides
 from fusion.summary import RunSummary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fusion: DAG-based ML pipeline.")
@@ -136,6 +136,28 @@ def trigger(
     err.print(f"fusion trigger stopped: {stats.launched} run(s) created, {stats.deadlettered} dead-lettered")
 
 
+@app.command()
+def serve(
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="dataset config YAML (its model is served)")
+    ] = DEFAULT_CONFIG,
+    host: Annotated[str | None, typer.Option(help="default: serving.host (127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="default: serving.port (8000)")] = None,
+) -> None:
+    """Serve the champion model over HTTP (Ray Serve) until Ctrl-C: /v1/predict, /invocations, /v2, /docs."""
+    try:
+        settings = load_settings(config)
+    except (FileNotFoundError, ValidationError) as exc:
+        _fail(f"bad config {config}: {str(exc).replace(chr(10), ' ')}", 2, None, False)
+        return
+    given = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    if given:
+        settings = with_overrides(settings, {"serving": given})
+    from serving.app import serve_forever
+
+    serve_forever(settings)
+
+
 def show_summary(summary: RunSummary, mlflow_uri: str) -> None:
     table = Table(title=f"run {summary.run_id}", show_header=False, title_justify="left")
     m = summary.metrics
@@ -151,6 +173,7 @@ def show_summary(summary: RunSummary, mlflow_uri: str) -> None:
         ("duration", f"{summary.duration_s:.1f} s"),
         ("MLflow", f"{mlflow_uri}  (UI: make mlflow-ui)"),
         ("GX Data Docs", summary.data_docs or "-"),
+        ("online features", summary.online_features or "-"),
     ]
     for key, value in rows:
         table.add_row(key, value)

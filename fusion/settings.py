@@ -220,6 +220,46 @@ class EventsConfig(Frozen):
         return self.topics.get(event_type, event_type)
 
 
+class AutoscalingConfig(Frozen):
+    """Ray Serve autoscaling of the model deployment (replaces `replicas` when set)."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(8.0, gt=0, description="per replica")
+
+
+class AuthConfig(Frozen):
+    """Optional bearer JWT on the prediction endpoints (health, metrics and docs stay open)."""
+
+    enabled: bool = False
+    algorithm: Literal["HS256", "RS256"] = "HS256"
+    secret: str | None = Field(None, description="HS256 secret (prefer FUSION_SERVING__AUTH__SECRET)")
+    key_file: Path | None = Field(None, description="HS256 secret or RS256 public key (PEM) in a file")
+    scope: str = Field("predict", description="scope a token must carry (space-separated `scope` claim)")
+    audience: str | None = None
+    issuer: str | None = None
+
+
+class ServingConfig(Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    alias: str = Field("champion", description="registry alias served; replicas follow it when it moves")
+    poll_s: float = Field(5.0, gt=0, description="how often replicas check the alias")
+    replicas: int = Field(1, ge=1, description="model replicas (without autoscaling)")
+    autoscaling: AutoscalingConfig | None = None
+    replica_cpus: float = Field(0.5, gt=0, description="Ray CPUs reserved per replica")
+    max_batch_size: int = Field(32, ge=1, description="@serve.batch: rows' requests merged into one model call")
+    batch_wait_timeout_ms: float = Field(2.0, ge=0)
+    max_ongoing_requests: int = Field(64, ge=1, description="per replica")
+    max_records: int = Field(1000, ge=1, description="rows per request")
+    max_body_bytes: int = Field(1_048_576, ge=1, description="larger request bodies are answered 413")
+    cache_ttl_s: int = Field(600, ge=1, description="prediction cache entry lifetime in Redis")
+    redis_timeout_ms: float = Field(50.0, gt=0, description="per Redis call; slower counts as a failure")
+    breaker_failures: int = Field(3, ge=1, description="consecutive Redis failures that open the circuit")
+    breaker_cooldown_s: float = Field(5.0, gt=0, description="how long an open circuit skips Redis")
+    auth: AuthConfig = AuthConfig()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FUSION_", env_nested_delimiter="__", frozen=True, extra="forbid")
 
@@ -233,6 +273,7 @@ class Settings(BaseSettings):
     dataset: DatasetConfig
     pipeline: PipelineConfig = PipelineConfig()
     events: EventsConfig = EventsConfig()
+    serving: ServingConfig = ServingConfig()
 
     @classmethod
     def settings_customise_sources(

@@ -32,6 +32,7 @@ class RunSummary(BaseModel):
     promoted: bool = False
     gate_reason: str | None = None
     mlflow_run_id: str | None = None
+    online_features: str | None = None  # manifest of the materialized online state
     data_docs: str | None = None
     quarantine_uri: str | None = None
     traceparent: str | None = None

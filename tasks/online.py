@@ -113,7 +113,9 @@ def online_state(
         part = parts[f"asof{i}_{join.table}"]
         keys = lazy[join.table].select(pl.col(join.right_on).alias(join.left_on)).drop_nulls().unique().collect()
         probe = _probe(keys, as_of)
-        (found,) = asof_features(probe, lazy, spec.model_copy(update={"asof": [join]}), keep_time=True)
+        # The latest row regardless of the tolerance: `resolve` applies it at each request's time.
+        latest = join.model_copy(update={"tolerance_minutes": None})
+        (found,) = asof_features(probe, lazy, spec.model_copy(update={"asof": [latest]}), keep_time=True)
         joined = probe.join(found, on=ROW, how="inner").drop_nulls(TIME)
         frames[part.name] = joined.select(group_key(part.keys), *part.columns, pl.col(TIME).dt.epoch("us")).collect()
     for i, lookup in enumerate(spec.lookups):

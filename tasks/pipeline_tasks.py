@@ -24,6 +24,8 @@ from fusion.settings import DatasetConfig, SourceConfig, ValidationConfig
 from tasks import features as feature_code
 from tasks.evaluate import Evaluation, evaluate_model
 from tasks.ingest import IngestedBatch, ingest_tables, source_fingerprint
+from tasks.online import online_state
+from tasks.online_store import Materialized, load_into_redis, redis_client, write_snapshot
 from tasks.register import GateDecision, Registration, promote_if_better, register_model
 from tasks.train import (
     SplitFrames,
@@ -194,6 +196,33 @@ def promote(
 ) -> GateDecision:
     test = load_split(features, dataset, lake).test
     return promote_if_better(registration, evaluation, test, features.target, dataset.gate, tracking_uri)
+
+
+@task(name="online-features", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def materialize_online(
+    batch: ValidatedBatch, dataset: DatasetConfig, lake: Lake, redis_url: str | None
+) -> Materialized:
+    """Each group's latest stateful features for serving: a lake snapshot, and Redis when configured."""
+    tables = {name: lake.read_parquet(path) for name, path in batch.tables.items()}
+    spec = dataset.features
+    state = online_state(tables, dataset.source.primary, spec, dataset.prediction_time)
+    manifest = write_snapshot(lake, dataset.name, spec, batch.batch_id, state)
+    keys = 0
+    if redis_url:
+        client = redis_client(redis_url)
+        try:
+            keys = load_into_redis(client, spec, manifest, state.frames)
+        finally:
+            client.close()
+    return Materialized(
+        dataset=dataset.name,
+        spec_version=spec.version,
+        batch_id=batch.batch_id,
+        as_of=manifest["as_of"],
+        groups=manifest["groups"],
+        manifest_uri=f"{lake.path('online', dataset.name, f'v{spec.version}')}/current.json",
+        redis_keys=keys,
+    )
 
 
 @task(name="publish-event", retries=3, retry_delay_seconds=1, cache_policy=NO_CACHE)

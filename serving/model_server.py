@@ -1,0 +1,249 @@
+"""The model side of serving, without HTTP: follows the registry alias, caches predictions per
+row, reads online features, merges concurrent requests into one model call (@serve.batch).
+
+`ModelCore` is plain asyncio (tests and the benchmark floor use it directly); serving/app.py makes
+it the Ray Serve deployment `ModelServer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+import polars as pl
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pydantic import BaseModel
+
+from fusion.lake import Lake
+from fusion.settings import ServingConfig
+from serving.predictor import LoadedModel, ModelVersion, OnlineFeatures, champion, memory_online_features
+from serving.redis_guard import CircuitBreaker, GuardedRedis, PredictionCache, RedisOnlineFeatures
+from tasks.online_store import load_into_redis, namespace, read_snapshot
+
+log = logging.getLogger("fusion.serving")
+
+
+class ServingArgs(BaseModel):
+    """Everything a replica needs, as plain data (it crosses to Ray actors)."""
+
+    model_name: str
+    record_fields: dict[str, str]  # the primary table's columns and types (the /v1/predict record)
+    tracking_uri: str
+    lake_uri: str
+    redis_url: str | None = None
+    kafka_bootstrap_servers: str | None = None
+    promoted_topic: str = "fusion.model.promoted"
+    serving: ServingConfig = ServingConfig()
+
+
+class NotReady(Exception):
+    """No model loaded yet (no champion in the registry)."""
+
+
+class ModelCore:
+    def __init__(self, args: ServingArgs | dict[str, Any]) -> None:
+        self.args = ServingArgs.model_validate(args)
+        config = self.args.serving
+        self.redis: GuardedRedis | None = None
+        if self.args.redis_url:
+            breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s)
+            self.redis = GuardedRedis(self.args.redis_url, config.redis_timeout_ms / 1000, breaker)
+        self.cache = PredictionCache(self.redis, self.args.model_name, config.cache_ttl_s)
+        self.model: LoadedModel | None = None
+        self.online: OnlineFeatures | None = None
+        self._reload_lock = asyncio.Lock()
+        self._poller: asyncio.Task[None] | None = None
+        self.registry = CollectorRegistry()
+        self.m_rows = Counter("fusion_serving_rows", "rows predicted", ["input"], registry=self.registry)
+        self.m_hits = Counter(
+            "fusion_serving_cache_hits", "rows answered from the prediction cache", registry=self.registry
+        )
+        self.m_misses = Counter("fusion_serving_cache_misses", "rows computed by the model", registry=self.registry)
+        self.m_defaults = Counter(
+            "fusion_serving_online_feature_defaults",
+            "rows whose group had no online state (defaults used)",
+            ["part"],
+            registry=self.registry,
+        )
+        self.m_reloads = Counter(
+            "fusion_serving_model_loads", "model versions loaded", ["outcome"], registry=self.registry
+        )
+        self.m_batch = Histogram(
+            "fusion_serving_batch_rows",
+            "rows per model call",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 512, 2048),
+            registry=self.registry,
+        )
+        self.m_version = Gauge(
+            "fusion_serving_model_version", "registry version this replica serves", ["replica"], registry=self.registry
+        )
+        self.m_redis_failures = Gauge(
+            "fusion_serving_redis_failures", "Redis calls that failed or timed out", ["replica"], registry=self.registry
+        )
+        self.m_redis_skipped = Gauge(
+            "fusion_serving_redis_skipped",
+            "Redis calls skipped by the open circuit",
+            ["replica"],
+            registry=self.registry,
+        )
+        self.replica = "local"
+
+    async def start(self) -> None:
+        """Load the current champion if there is one (else stay not ready) and follow the alias."""
+        await self.reload_now()
+        self._poller = asyncio.create_task(self._poll_forever())
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.args.serving.poll_s)
+            try:
+                await self.reload_now()
+            except Exception:  # keep serving the loaded version; the next poll tries again
+                log.exception("alias check failed")
+
+    async def reload_now(self) -> str | None:
+        """Load the version the alias points at, if it is not the one loaded; returns the served version."""
+        async with self._reload_lock:
+            target = await asyncio.to_thread(
+                champion, self.args.tracking_uri, self.args.model_name, self.args.serving.alias
+            )
+            if target is None or (self.model is not None and self.model.version == target):
+                return self.version
+            try:
+                model, online = await asyncio.to_thread(self._load, target)
+            except Exception:
+                self.m_reloads.labels("failed").inc()
+                raise
+            # One assignment each: a request that already took the old pair finishes on it.
+            self.model, self.online = model, online
+            self.m_reloads.labels("loaded").inc()
+            log.info("serving %s version %s", target.name, target.version)
+            return self.version
+
+    def _load(self, target: ModelVersion) -> tuple[LoadedModel, OnlineFeatures]:
+        model = LoadedModel(self.args.tracking_uri, target)
+        dataset = model.dataset
+        if self.redis is None:
+            return model, memory_online_features(self.args.lake_uri, dataset)
+        online = RedisOnlineFeatures(self.redis, dataset.name, dataset.features.version)
+        if online.manifest() is None:  # Redis restarted or never got this state: warm it from the lake
+            snapshot = read_snapshot(Lake(self.args.lake_uri), dataset.name, dataset.features.version)
+            if snapshot is not None:
+                try:
+                    load_into_redis(self.redis.client, dataset.features, *snapshot)
+                except Exception:
+                    log.warning(
+                        "could not load online features into Redis (%s)",
+                        namespace(dataset.name, dataset.features.version),
+                    )
+                online._read_at = -1e9
+        return model, online
+
+    @property
+    def version(self) -> str | None:
+        return None if self.model is None else self.model.version.version
+
+    def info(self) -> dict[str, Any] | None:
+        return None if self.model is None else self.model.info()
+
+    async def predict_records(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """Raw records (the primary table's fields) -> probabilities, features computed here."""
+        model, online = self.model, self.online
+        if model is None or online is None:
+            raise NotReady(f"no {self.args.serving.alias!r} version of {self.args.model_name!r} is loaded")
+        prepared = await asyncio.to_thread(self._prepare_records, model, online, records)
+        return await self._finish(model, "records", *prepared)
+
+    async def predict_frame(self, frame: pl.DataFrame) -> dict[str, Any]:
+        """Model-input rows (the signature's columns) -> probabilities."""
+        model = self.model
+        if model is None:
+            raise NotReady(f"no {self.args.serving.alias!r} version of {self.args.model_name!r} is loaded")
+        prepared = await asyncio.to_thread(self._prepare_frame, model, frame)
+        return await self._finish(model, "features", *prepared)
+
+    def _prepare_records(
+        self, model: LoadedModel, online: OnlineFeatures, records: list[dict[str, Any]]
+    ) -> tuple[list[str], list[float | None], pl.DataFrame | None]:
+        # Raw rows are keyed with the online batch too: new online state means new features.
+        keys = self.cache.keys(model.version.version, f"records:{online.batch_id()}", records)
+        cached = self.cache.get(keys)
+        missing = [i for i, v in enumerate(cached) if v is None]
+        if not missing:
+            return keys, cached, None
+        frame, defaults = model.features([records[i] for i in missing], online)
+        for part, n in defaults.items():
+            if n:
+                self.m_defaults.labels(part).inc(n)
+        return keys, cached, frame
+
+    def _prepare_frame(
+        self, model: LoadedModel, frame: pl.DataFrame
+    ) -> tuple[list[str], list[float | None], pl.DataFrame | None]:
+        keys = self.cache.keys(model.version.version, "features", frame.to_dicts())
+        cached = self.cache.get(keys)
+        missing = [i for i, v in enumerate(cached) if v is None]
+        if not missing:
+            return keys, cached, None
+        return keys, cached, frame if len(missing) == frame.height else frame[missing]
+
+    async def _finish(
+        self, model: LoadedModel, kind: str, keys: list[str], cached: list[float | None], frame: pl.DataFrame | None
+    ) -> dict[str, Any]:
+        predictions = list(cached)
+        hits = sum(v is not None for v in cached)
+        if frame is not None:
+            computed = await self.predict_batch((model, frame))
+            missing = [i for i, v in enumerate(cached) if v is None]
+            fresh = {}
+            for i, p in zip(missing, computed.tolist(), strict=True):
+                predictions[i] = p
+                fresh[keys[i]] = p
+            if self.redis is not None:
+                asyncio.get_running_loop().run_in_executor(None, self.cache.put, fresh)
+        self.m_rows.labels(kind).inc(len(predictions))
+        self.m_hits.inc(hits)
+        self.m_misses.inc(len(predictions) - hits)
+        return {
+            "model": model.version.name,
+            "version": model.version.version,
+            "predictions": predictions,
+            "cache_hits": hits,
+        }
+
+    async def predict_batch(self, item: tuple[LoadedModel, pl.DataFrame]) -> np.ndarray:
+        """One request's rows through the model; the Ray deployment merges concurrent requests here."""
+        (predicted,) = await self.predict_many([item])
+        return predicted
+
+    async def predict_many(self, items: list[tuple[LoadedModel, pl.DataFrame]]) -> list[np.ndarray]:
+        """Several requests' rows in one model call per model version (a reload may be mid-batch)."""
+        out: list[np.ndarray | None] = [None] * len(items)
+        by_model: dict[int, list[int]] = {}
+        for i, (model, _) in enumerate(items):
+            by_model.setdefault(id(model), []).append(i)
+        for indexes in by_model.values():
+            model = items[indexes[0]][0]
+            frames = [items[i][1] for i in indexes]
+            merged = pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
+            self.m_batch.observe(merged.height)
+            predicted = await asyncio.to_thread(model.predict, merged)
+            offsets = np.cumsum([f.height for f in frames])[:-1]
+            for i, part in zip(indexes, np.split(predicted, offsets), strict=True):
+                out[i] = part
+        return out  # type: ignore[return-value]
+
+    def metrics_snapshot(self) -> list[Any]:
+        self.m_version.labels(self.replica).set(float(self.version) if self.version else 0.0)
+        if self.redis is not None:
+            self.m_redis_failures.labels(self.replica).set(self.redis.failures)
+            self.m_redis_skipped.labels(self.replica).set(self.redis.skipped)
+        return list(self.registry.collect())
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        if self.redis is not None:
+            self.redis.close()
