@@ -11,7 +11,7 @@ FUSION_HOME ?= .fusion
 export FUSION_HOME
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: help setup run run-example up down deploy status test test-fast lint typecheck rust-check bench bench-events bench-features mlflow-ui docs clean
+.PHONY: help setup run run-example serve up down deploy status test test-fast lint typecheck rust-check bench bench-events bench-features mlflow-ui docs clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -35,6 +35,10 @@ run: setup ## run the training pipeline on the default config (2013 NYC flights)
 run-example: setup ## generate the card-transactions example data and run its config (a second dataset)
 	$(PY) -m tests.datasets.card_transactions $(FUSION_HOME)/examples
 	$(VENV)/bin/fusion run --config configs/card_transactions.yaml
+
+serve: setup ## serve the champion (after make run) on http://127.0.0.1:8000 with Redis (started if missing); Ctrl-C stops
+	infra/local/services.sh up redis
+	FUSION_REDIS_URL=$${FUSION_REDIS_URL:-redis://127.0.0.1:$${FUSION_REDIS_PORT:-6379}/0} $(VENV)/bin/fusion serve
 
 up: setup ## start Kafka, Redis, PostgreSQL + Prefect server, worker, MLflow on loopback (installs what is missing)
 	infra/local/services.sh up

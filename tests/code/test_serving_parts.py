@@ -1,0 +1,100 @@
+"""Serving's pure parts: the circuit breaker, the row hash of the cache key, JWT checks."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from typing import Any
+
+import jwt
+import pytest
+from fastapi import HTTPException
+from starlette.requests import Request
+
+from fusion.settings import AuthConfig
+from serving.auth import Authenticator
+from serving.redis_guard import CircuitBreaker, row_digest
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_after_consecutive_failures_and_probes_once_after_cooldown() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failures=3, cooldown_s=5, clock=clock)
+    for _ in range(2):
+        assert breaker.allow()
+        breaker.failure()
+    assert breaker.state == "closed"
+    breaker.success()  # a success resets the count
+    for _ in range(3):
+        assert breaker.allow()
+        breaker.failure()
+    assert breaker.state == "open" and not breaker.allow()
+    clock.now = 5.0
+    assert breaker.state == "half_open"
+    assert breaker.allow() and not breaker.allow()  # exactly one trial call
+    breaker.failure()  # the trial failed: open again for a full cooldown
+    assert not breaker.allow()
+    clock.now = 10.0
+    assert breaker.allow()
+    breaker.success()
+    assert breaker.state == "closed" and breaker.allow()
+
+
+def test_row_digest_ignores_key_order_and_tells_values_apart() -> None:
+    assert row_digest({"a": 1, "b": "x"}) == row_digest({"b": "x", "a": 1})
+    assert row_digest({"a": 1, "b": "x"}) != row_digest({"a": 1, "b": "y"})
+    assert row_digest({"a": None}) != row_digest({"a": "None"})
+
+
+SECRET = secrets.token_hex(32)
+
+
+def request_with(token: str | None) -> Request:
+    headers = [] if token is None else [(b"authorization", f"Bearer {token}".encode())]
+    return Request({"type": "http", "method": "POST", "path": "/v1/predict", "headers": headers})
+
+
+def token(**claims: Any) -> str:
+    return jwt.encode({"exp": int(time.time()) + 60, "scope": "predict", **claims}, SECRET, algorithm="HS256")
+
+
+@pytest.mark.parametrize(
+    ("given", "status"),
+    [
+        (None, 401),
+        ("not-a-jwt", 401),
+        (
+            jwt.encode(
+                {"exp": int(time.time()) + 60, "scope": "predict"},
+                "another-secret-of-32-bytes-length!",
+                algorithm="HS256",
+            ),
+            401,
+        ),
+        (jwt.encode({"exp": int(time.time()) - 60, "scope": "predict"}, SECRET, algorithm="HS256"), 401),
+        (jwt.encode({"scope": "predict"}, SECRET, algorithm="HS256"), 401),  # no exp
+        (token(scope="read"), 403),
+    ],
+)
+def test_jwt_refusals(given: str | None, status: int) -> None:
+    auth = Authenticator(AuthConfig(enabled=True, secret=SECRET))
+    with pytest.raises(HTTPException) as refused:
+        asyncio.run(auth(request_with(given)))
+    assert refused.value.status_code == status
+
+
+def test_jwt_accepts_a_token_with_the_scope_and_off_means_open() -> None:
+    auth = Authenticator(AuthConfig(enabled=True, secret=SECRET))
+    claims = asyncio.run(auth(request_with(token(scope="read predict", sub="app"))))
+    assert claims is not None and claims["sub"] == "app"
+    assert asyncio.run(Authenticator(AuthConfig())(request_with(None))) is None
+    with pytest.raises(ValueError, match="secret"):
+        Authenticator(AuthConfig(enabled=True))

@@ -1,0 +1,65 @@
+"""A served flights model: Redis from infra/local, a pipeline run into a temporary FUSION_HOME
+(which registers the champion and materializes online features into that Redis), and the Ray Serve
+app in this process on a free port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import FLIGHTS_CONFIG, _service
+
+
+@dataclass(frozen=True)
+class Served:
+    url: str
+    redis_url: str
+    settings: Any
+    summary: Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    service = _service("redis")
+    next(service)
+    yield f"redis://127.0.0.1:{os.environ.get('FUSION_REDIS_PORT', '6379')}/0"
+    next(service, None)
+
+
+@pytest.fixture(scope="session")
+def served(redis_url: str) -> Iterator[Served]:
+    from flows.training_pipeline import run_pipeline
+    from fusion.settings import load_settings, with_overrides
+    from serving.app import start_serving, stop_serving
+
+    home = Path(tempfile.mkdtemp(prefix="fusion-serving-"))
+    env = {"FUSION_HOME": str(home), "FUSION_REDIS_URL": redis_url}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    port = free_port()
+    try:
+        # Fewer boosting rounds than the shipped config: serving, not model quality, is under test.
+        summary = run_pipeline(FLIGHTS_CONFIG, overrides={"dataset": {"model": {"num_boost_round": 60}}})
+        settings = with_overrides(load_settings(FLIGHTS_CONFIG), {"serving": {"port": port, "poll_s": 0.5}})
+        start_serving(settings)
+        yield Served(f"http://127.0.0.1:{port}", redis_url, settings, summary)
+    finally:
+        stop_serving()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
