@@ -65,9 +65,10 @@ def online_parts(spec: FeatureSpec) -> list[OnlinePart]:
     for i, lookup in enumerate(spec.lookups):
         parts.append(OnlinePart(f"lookup{i}_{lookup.table}", "lookup", [lookup.left_on], list(lookup.columns.values())))
     for agg in spec.rolling:
-        names = rolling_names(agg)
-        zero = [n for n in names if n.split("_")[-2] in ("count", "sum")]
-        parts.append(OnlinePart(f"rolling_{agg.name}", "rolling", list(agg.by), names, zero_when_missing=zero))
+        zero = [f"{agg.name}_{a}_{w}m" for w in agg.windows_minutes for a in agg.aggs if a in ("count", "sum")]
+        parts.append(
+            OnlinePart(f"rolling_{agg.name}", "rolling", list(agg.by), rolling_names(agg), zero_when_missing=zero)
+        )
     for prev in spec.previous:
         parts.append(
             OnlinePart(
