@@ -38,11 +38,7 @@ class ModelServer(ModelCore):
         self.replica = serve.get_replica_context().replica_id.unique_id
         config = self.args.serving
         self.configure_batching(config.max_batch_size, config.batch_wait_timeout_ms)
-        try:
-            await self.start()
-        except Exception:  # a broken registry must not fail the deployment: the poller retries
-            log.exception("initial model load failed")
-            self._poller = asyncio.create_task(self._poll_forever())
+        await self.start()
         if self.args.kafka_bootstrap_servers:
             self._listen_for_promotions(asyncio.get_running_loop())
 
@@ -72,8 +68,8 @@ class ModelServer(ModelCore):
 
         threading.Thread(target=listen, name="promotions", daemon=True).start()
 
-    async def info_async(self) -> dict[str, Any] | None:
-        return self.info()
+    async def __del__(self) -> None:  # Serve calls it when the replica shuts down
+        await self.stop()
 
     async def predict_batch(self, item: tuple[Any, Any]) -> Any:
         return await self._batched(item)
@@ -113,7 +109,7 @@ class RayBackend:
 
     async def info(self) -> dict[str, Any] | None:
         if self._info is None or time.monotonic() - self._info_at > self.INFO_TTL_S:
-            self._info = await self.model.info_async.remote()
+            self._info = await self.model.info.remote()
             self._info_at = time.monotonic()
         return self._info
 
@@ -167,7 +163,7 @@ def build_app(args: ServingArgs | dict[str, Any]) -> serve.Application:
     ).bind(model, plain)
 
 
-def start_ray(num_cpus: int | None = None) -> None:
+def start_ray() -> None:
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # 2.60 turns token auth on for new local clusters
@@ -175,7 +171,7 @@ def start_ray(num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
     if not ray.is_initialized():
         ray.init(
-            num_cpus=num_cpus or os.cpu_count() or 2,
+            num_cpus=os.cpu_count() or 2,
             include_dashboard=False,
             object_store_memory=256 * 1024**2,
             log_to_driver=False,

@@ -2,7 +2,7 @@
 
 Built per replica by `build_http_app(backend, args)`, so the /v1/predict record schema comes from
 the dataset config. `backend` does the work: in Ray Serve it forwards to the ModelServer
-deployment (serving/app.py); in tests it can be a ModelCore in the same process.
+deployment (serving/app.py, RayBackend).
 """
 
 from __future__ import annotations

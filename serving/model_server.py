@@ -1,8 +1,8 @@
 """The model side of serving, without HTTP: follows the registry alias, caches predictions per
-row, reads online features, merges concurrent requests into one model call (@serve.batch).
+row, reads online features, predicts several requests' rows in one model call.
 
-`ModelCore` is plain asyncio (tests and the benchmark floor use it directly); serving/app.py makes
-it the Ray Serve deployment `ModelServer`.
+`ModelCore` is plain asyncio and runs without Ray; serving/app.py makes it the Ray Serve deployment
+`ModelServer`, which adds @serve.batch in front of `predict_many`.
 """
 
 from __future__ import annotations
@@ -91,8 +91,12 @@ class ModelCore:
         self.replica = "local"
 
     async def start(self) -> None:
-        """Load the current champion if there is one (else stay not ready) and follow the alias."""
-        await self.reload_now()
+        """Load the current champion if there is one (else stay not ready) and follow the alias.
+        A failing registry does not stop the start: the poller tries again."""
+        try:
+            await self.reload_now()
+        except Exception:
+            log.exception("initial model load failed")
         self._poller = asyncio.create_task(self._poll_forever())
 
     async def _poll_forever(self) -> None:
@@ -119,7 +123,7 @@ class ModelCore:
             # One assignment each: a request that already took the old pair finishes on it.
             self.model, self.online = model, online
             self.m_reloads.labels("loaded").inc()
-            log.info("serving %s version %s", target.name, target.version)
+            log.info("serving %s version %s (loaded in %.1f s)", target.name, target.version, model.load_seconds)
             return self.version
 
     def _load(self, target: ModelVersion) -> tuple[LoadedModel, OnlineFeatures]:
@@ -127,19 +131,16 @@ class ModelCore:
         dataset = model.dataset
         if self.redis is None:
             return model, memory_online_features(self.args.lake_uri, dataset)
-        online = RedisOnlineFeatures(self.redis, dataset.name, dataset.features.version)
-        if online.manifest() is None:  # Redis restarted or never got this state: warm it from the lake
-            snapshot = read_snapshot(Lake(self.args.lake_uri), dataset.name, dataset.features.version)
+        version = dataset.features.version
+        if RedisOnlineFeatures(self.redis, dataset.name, version).manifest() is None:
+            # Redis restarted or never got this state: warm it from the lake snapshot
+            snapshot = read_snapshot(Lake(self.args.lake_uri), dataset.name, version)
             if snapshot is not None:
                 try:
                     load_into_redis(self.redis.client, dataset.features, *snapshot)
                 except Exception:
-                    log.warning(
-                        "could not load online features into Redis (%s)",
-                        namespace(dataset.name, dataset.features.version),
-                    )
-                online._read_at = -1e9
-        return model, online
+                    log.warning("could not load online features into Redis (%s)", namespace(dataset.name, version))
+        return model, RedisOnlineFeatures(self.redis, dataset.name, version)
 
     @property
     def version(self) -> str | None:

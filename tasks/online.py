@@ -104,14 +104,18 @@ def online_state(
 ) -> OnlineState:
     """Every stateful part's values per group as of the latest prediction time in the batch."""
     lazy = {name: frame.lazy() for name, frame in tables.items()}
-    base = with_derived(lazy[primary], spec, prediction)
+    base = with_derived(lazy[primary], spec, prediction).collect().lazy()  # derived once, read by every part
     as_of = base.select(pl.col(PRED_TIME).max()).collect().item()
     if as_of is None:
         raise FeatureError("no row has a prediction time: nothing to materialize")
+    as_of_us = int(pl.Series([as_of]).dt.epoch("us")[0])
     frames: dict[str, pl.DataFrame] = {}
-    parts = {p.name: p for p in online_parts(spec)}
-    for i, join in enumerate(spec.asof):
-        part = parts[f"asof{i}_{join.table}"]
+    parts = online_parts(spec)
+
+    def of_kind(kind: str) -> list[OnlinePart]:
+        return [p for p in parts if p.kind == kind]
+
+    for part, join in zip(of_kind("asof"), spec.asof, strict=True):
         keys = lazy[join.table].select(pl.col(join.right_on).alias(join.left_on)).drop_nulls().unique().collect()
         probe = _probe(keys, as_of)
         # The latest row regardless of the tolerance: `resolve` applies it at each request's time.
@@ -119,18 +123,15 @@ def online_state(
         (found,) = asof_features(probe, lazy, spec.model_copy(update={"asof": [latest]}), keep_time=True)
         joined = probe.join(found, on=ROW, how="inner").drop_nulls(TIME)
         frames[part.name] = joined.select(group_key(part.keys), *part.columns, pl.col(TIME).dt.epoch("us")).collect()
-    for i, lookup in enumerate(spec.lookups):
-        part = parts[f"lookup{i}_{lookup.table}"]
+    for part, lookup in zip(of_kind("lookup"), spec.lookups, strict=True):
         keys = lazy[lookup.table].select(pl.col(lookup.right_on).alias(lookup.left_on)).drop_nulls().unique().collect()
         (found,) = lookup_features(keys.lazy(), lazy, spec.model_copy(update={"lookups": [lookup]}))
         frames[part.name] = (
             pl.concat([keys.lazy(), found], how="horizontal").select(group_key(part.keys), *part.columns).collect()
         )
-    for agg in spec.rolling:
-        part = parts[f"rolling_{agg.name}"]
+    for part, agg in zip(of_kind("rolling"), spec.rolling, strict=True):
         inputs = rolling_input(base, agg, keep_keys=True).collect()
         groups = inputs.filter(pl.col("_g").is_not_null()).unique("_g", maintain_order=True)
-        as_of_us = int(pl.Series([as_of]).dt.epoch("us")[0])
         kernel_input = pl.concat(
             [
                 inputs.select("_g", "_t", "_v", pl.lit(None, pl.Int64).alias("_a")),
@@ -144,8 +145,7 @@ def online_state(
         )
         values = rolling_aggregate(agg, kernel_input).tail(groups.height)
         frames[part.name] = pl.concat([groups.select(group_key(part.keys)), values], how="horizontal")
-    for prev in spec.previous:
-        part = parts[f"previous_{prev.name}"]
+    for part, prev in zip(of_kind("previous"), spec.previous, strict=True):
         keys = base.select(prev.by).drop_nulls().unique().collect()
         probe = _probe(keys, as_of)
         (found,) = previous_features(base, spec.model_copy(update={"previous": [prev]}), queries=probe, keep_time=True)

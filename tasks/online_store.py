@@ -43,6 +43,10 @@ def snapshot_dir(lake: Lake, dataset: str, spec_version: int) -> str:
     return lake.path("online", dataset, f"v{spec_version}")
 
 
+def manifest_path(lake: Lake, dataset: str, spec_version: int) -> str:
+    return f"{snapshot_dir(lake, dataset, spec_version)}/current.json"
+
+
 def write_snapshot(lake: Lake, dataset: str, spec: FeatureSpec, batch_id: str, state: OnlineState) -> dict[str, Any]:
     """Parts as Parquet, then the manifest that points at them; returns the manifest."""
     root = snapshot_dir(lake, dataset, spec.version)
@@ -57,15 +61,14 @@ def write_snapshot(lake: Lake, dataset: str, spec: FeatureSpec, batch_id: str, s
         "parts": parts,
         "groups": {name: frame.height for name, frame in state.frames.items()},
     }
-    lake.write_json(manifest, f"{root}/current.json")
+    lake.write_json(manifest, manifest_path(lake, dataset, spec.version))
     return manifest
 
 
 def read_snapshot(lake: Lake, dataset: str, spec_version: int) -> tuple[dict[str, Any], dict[str, pl.DataFrame]] | None:
     """The latest materialized state of this dataset and spec version, or None when there is none."""
-    pointer = f"{snapshot_dir(lake, dataset, spec_version)}/current.json"
     try:
-        manifest = lake.read_json(pointer)
+        manifest = lake.read_json(manifest_path(lake, dataset, spec_version))
     except FileNotFoundError:
         return None
     return manifest, {name: lake.read_parquet(path) for name, path in manifest["parts"].items()}

@@ -25,7 +25,7 @@ from tasks import features as feature_code
 from tasks.evaluate import Evaluation, evaluate_model
 from tasks.ingest import IngestedBatch, ingest_tables, source_fingerprint
 from tasks.online import online_state
-from tasks.online_store import Materialized, load_into_redis, redis_client, write_snapshot
+from tasks.online_store import Materialized, load_into_redis, manifest_path, redis_client, write_snapshot
 from tasks.register import GateDecision, Registration, promote_if_better, register_model
 from tasks.train import (
     SplitFrames,
@@ -220,7 +220,7 @@ def materialize_online(
         batch_id=batch.batch_id,
         as_of=manifest["as_of"],
         groups=manifest["groups"],
-        manifest_uri=f"{lake.path('online', dataset.name, f'v{spec.version}')}/current.json",
+        manifest_uri=manifest_path(lake, dataset.name, spec.version),
         redis_keys=keys,
     )
 

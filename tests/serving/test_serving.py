@@ -30,13 +30,16 @@ def registered_model(served: Served) -> Any:
     return mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
 
 
-def feature_rows(served: Served, n: int) -> pl.DataFrame:
-    """Model-input rows of the run's feature table, as the registered signature types them."""
-    frame = pl.read_parquet(next((Path(served.settings.resolved_lake_uri) / "features" / "flights").rglob("*.parquet")))
-    model = registered_model(served)
+def as_signature(frame: pl.DataFrame, model: Any) -> pl.DataFrame:
+    """The model's input columns, typed as its registered signature (string or double)."""
     inputs = [(c.name, c.type.name) for c in model.metadata.get_input_schema().inputs]
-    rows = frame.sample(n, seed=7)
-    return rows.select([pl.col(c).cast(pl.String if t == "string" else pl.Float64) for c, t in inputs])
+    return frame.select([pl.col(c).cast(pl.String if t == "string" else pl.Float64) for c, t in inputs])
+
+
+def feature_rows(served: Served, n: int) -> pl.DataFrame:
+    """Model-input rows of the run's feature table."""
+    frame = pl.read_parquet(next((Path(served.settings.resolved_lake_uri) / "features" / "flights").rglob("*.parquet")))
+    return as_signature(frame.sample(n, seed=7), registered_model(served))
 
 
 def json_rows(frame: pl.DataFrame) -> list[list[Any]]:
@@ -133,12 +136,9 @@ def test_v1_predict_computes_the_training_features_from_raw_records(served: Serv
         None,
     ).tail(len(records))
     model = registered_model(served)
-    inputs = [(c.name, c.type.name) for c in model.metadata.get_input_schema().inputs]
-    expected = model.predict(
-        offline.select([pl.col(c).cast(pl.String if t == "string" else pl.Float64) for c, t in inputs]).to_pandas()
-    )
+    expected = model.predict(as_signature(offline, model).to_pandas())
     np.testing.assert_allclose(body["predictions"], np.asarray(expected, dtype=float), rtol=1e-9)
-    assert len(feature_names(dataset.features)) == len(inputs)
+    assert len(feature_names(dataset.features)) == len(model.metadata.get_input_schema().inputs)
 
 
 def test_second_identical_request_is_answered_from_the_cache(served: Served) -> None:
