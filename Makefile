@@ -11,7 +11,7 @@ FUSION_HOME ?= .fusion
 export FUSION_HOME
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: help setup run run-example serve up down deploy status test test-fast lint typecheck rust-check bench bench-events bench-features mlflow-ui docs clean
+.PHONY: help setup run run-example serve up down deploy status test test-fast lint typecheck rust-check bench bench-events bench-features bench-serving mlflow-ui docs clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -79,6 +79,9 @@ bench-events: setup ## Kafka request -> flow run latency (p50/p95/p99) and throu
 
 bench-features: setup ## Rust kernels vs pure-Polars twins vs pandas at 1M/10M rows, whole feature step -> docs/BENCHMARKS.md
 	$(PY) -m benchmarks.features --write docs/BENCHMARKS.md
+
+bench-serving: setup ## Fusion (cache miss/hit) vs mlflow models serve vs uvicorn floor, 1/8/32 clients -> docs/BENCHMARKS.md
+	$(PY) -m benchmarks.serving --write docs/BENCHMARKS.md
 
 mlflow-ui: setup ## MLflow UI on http://127.0.0.1:5000 over $FUSION_HOME/mlflow.db
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(FUSION_HOME))/mlflow.db --host 127.0.0.1 --port 5000

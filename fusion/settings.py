@@ -248,6 +248,7 @@ class ServingConfig(Frozen):
     replicas: int = Field(1, ge=1, description="model replicas (without autoscaling)")
     autoscaling: AutoscalingConfig | None = None
     replica_cpus: float = Field(0.5, gt=0, description="Ray CPUs reserved per replica")
+    model_threads: int = Field(1, ge=1, description="OpenMP/MKL threads per model replica (OMP_NUM_THREADS)")
     max_batch_size: int = Field(32, ge=1, description="@serve.batch: rows' requests merged into one model call")
     batch_wait_timeout_ms: float = Field(2.0, ge=0)
     max_ongoing_requests: int = Field(64, ge=1, description="per replica")

@@ -1,4 +1,5 @@
-"""The Ray Serve application: `Ingress` (FastAPI, serving/http.py) -> `ModelServer` (ModelCore).
+"""The Ray Serve application: one deployment, `ModelServer` (the FastAPI adapter of serving/http.py
+in front of ModelCore).
 
 `build_app(args)` is the typed app builder; `serve_forever(settings)` is what `fusion serve`
 runs: a local Ray instance, Serve's HTTP proxy on the configured host and port, the app, until
@@ -29,18 +30,32 @@ QUIET = {"enable_access_log": False, "log_level": "WARNING"}
 
 
 @serve.deployment(name="ModelServer")
+@serve.ingress()
 class ModelServer(ModelCore):
-    """ModelCore as a Ray Serve replica: loads the alias's version in the constructor (not ready
-    when there is none yet, rather than failing the deployment) and follows it."""
+    """One replica = the HTTP adapter (serving/http.py, built per replica by
+    `__serve_build_asgi_app__` because the record schema comes from the dataset config) in front of
+    ModelCore, whose plain `predict_many` is the inference, behind @serve.batch. Loads the alias's
+    version in the constructor (not ready when there is none yet, rather than failing the
+    deployment) and follows it.
+
+    Adapter and model share the replica on purpose: on two cores a separate model deployment
+    costs a second Ray hop per request, about a third of the serving CPU (docs/BENCHMARKS.md).
+    Replicas scale both together; a handle calls `predict_records`/`predict_frame` directly."""
 
     async def __init__(self, args: dict[str, Any]) -> None:  # type: ignore[misc]
         ModelCore.__init__(self, args)
-        self.replica = serve.get_replica_context().replica_id.unique_id
+        context = serve.get_replica_context()
+        self.replica = context.replica_id.unique_id
+        # kept: a new handle learns the replica set asynchronously, so its first broadcast may miss some
+        self._peers = serve.get_deployment_handle("ModelServer", context.app_name)
         config = self.args.serving
         self.configure_batching(config.max_batch_size, config.batch_wait_timeout_ms)
         await self.start()
         if self.args.kafka_bootstrap_servers:
             self._listen_for_promotions(asyncio.get_running_loop())
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return build_http_app(ReplicaBackend(self), self.args)
 
     def _listen_for_promotions(self, loop: asyncio.AbstractEventLoop) -> None:
         """React to `fusion.model.promoted` at once instead of at the next poll."""
@@ -54,6 +69,7 @@ class ModelServer(ModelCore):
                     group_id=None,  # every replica sees every promotion
                     auto_offset_reset="latest",
                     fetch_max_wait_ms=100,
+                    metadata_max_age_ms=30_000,  # a topic created after the replica started is seen soon
                 )
             except Exception:
                 log.exception("no promotion events (Kafka unreachable); polling the alias only")
@@ -82,51 +98,29 @@ class ModelServer(ModelCore):
         self._batched.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
         self._batched.set_batch_wait_timeout_s(wait_ms / 1000)  # type: ignore[attr-defined]
 
-
-class RayBackend:
-    """serving/http.py's backend inside the Ingress replica: calls the ModelServer deployment."""
-
-    INFO_TTL_S = 1.0
-
-    def __init__(self, model: DeploymentHandle) -> None:
-        self.model = model
-        self._info: dict[str, Any] | None = None
-        self._info_at = -1e9
-
-    async def predict_records(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        result: dict[str, Any] = await self.model.predict_records.remote(records)
-        self._note(result)
-        return result
-
-    async def predict_frame(self, frame: Any) -> dict[str, Any]:
-        result: dict[str, Any] = await self.model.predict_frame.remote(frame)
-        self._note(result)
-        return result
-
-    def _note(self, result: dict[str, Any]) -> None:
-        if self._info is not None and self._info["version"] != result["version"]:
-            self._info_at = -1e9  # another version answered: refresh the schema at the next call
-
-    async def info(self) -> dict[str, Any] | None:
-        if self._info is None or time.monotonic() - self._info_at > self.INFO_TTL_S:
-            self._info = await self.model.info.remote()
-            self._info_at = time.monotonic()
-        return self._info
-
-    async def metric_snapshots(self) -> list[list[Any]]:
-        results = await self.model.broadcast("metrics_snapshot").results_async(timeout_s=2, return_exceptions=True)
+    async def all_metric_snapshots(self) -> list[list[Any]]:
+        """Every replica's registry (this one's included), for /metrics on any of them."""
+        results = await self._peers.broadcast("metrics_snapshot").results_async(timeout_s=2, return_exceptions=True)
         return [r for r in results if isinstance(r, list)]
 
 
-@serve.deployment(name="Ingress")
-@serve.ingress()
-class Ingress:
-    def __init__(self, model: DeploymentHandle, args: dict[str, Any]) -> None:
-        self.args = ServingArgs.model_validate(args)
-        self.backend = RayBackend(model)
+class ReplicaBackend:
+    """serving/http.py's backend: the ModelCore of the same replica, called in-process."""
 
-    def __serve_build_asgi_app__(self) -> Any:
-        return build_http_app(self.backend, self.args)
+    def __init__(self, server: ModelServer) -> None:
+        self.server = server
+
+    async def predict_records(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        return await self.server.predict_records(records)
+
+    async def predict_frame(self, frame: Any) -> dict[str, Any]:
+        return await self.server.predict_frame(frame)
+
+    async def info(self) -> dict[str, Any] | None:
+        return self.server.info()
+
+    async def metric_snapshots(self) -> list[list[Any]]:
+        return await self.server.all_metric_snapshots()
 
 
 def serving_args(settings: Settings) -> ServingArgs:
@@ -149,18 +143,18 @@ def build_app(args: ServingArgs | dict[str, Any]) -> serve.Application:
     args = ServingArgs.model_validate(args)  # a dict when Serve's CLI passes arguments
     config = args.serving
     plain = args.model_dump(mode="json")
-    cpus = {"num_cpus": config.replica_cpus}
+    # One request's rows are few: OpenMP threads per model call cost more than they give, and spin
+    # on the cores the other replicas need. Replicas, not threads, scale the model out.
+    threads = {"OMP_NUM_THREADS": str(config.model_threads), "MKL_NUM_THREADS": str(config.model_threads)}
+    options = {"num_cpus": config.replica_cpus, "runtime_env": {"env_vars": threads}}
     scaling: dict[str, Any] = (
         {"autoscaling_config": config.autoscaling.model_dump()}
         if config.autoscaling
         else {"num_replicas": config.replicas}
     )
-    model = ModelServer.options(  # type: ignore[attr-defined]
-        ray_actor_options=cpus, max_ongoing_requests=config.max_ongoing_requests, **scaling
+    return ModelServer.options(  # type: ignore[attr-defined]
+        ray_actor_options=options, max_ongoing_requests=config.max_ongoing_requests, **scaling
     ).bind(plain)
-    return Ingress.options(  # type: ignore[attr-defined]
-        ray_actor_options=cpus, max_ongoing_requests=config.max_ongoing_requests * 4
-    ).bind(model, plain)
 
 
 def start_ray() -> None:
@@ -169,6 +163,13 @@ def start_ray() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # 2.60 turns token auth on for new local clusters
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
+    # User code and the handle's router on the replica's own event loop (Serve's default puts each
+    # on a thread of its own): one thread hop less per call, measured in docs/BENCHMARKS.md.
+    os.environ.setdefault("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "0")
+    os.environ.setdefault("RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP", "0")
+    # Proxy -> Ingress -> ModelServer over gRPC instead of Ray actor calls: ~1.4x the requests per
+    # second on two cores (docs/BENCHMARKS.md).
+    os.environ.setdefault("RAY_SERVE_USE_GRPC_BY_DEFAULT", "1")
     if not ray.is_initialized():
         ray.init(
             num_cpus=os.cpu_count() or 2,

@@ -2,7 +2,7 @@
 row, reads online features, predicts several requests' rows in one model call.
 
 `ModelCore` is plain asyncio and runs without Ray; serving/app.py makes it the Ray Serve deployment
-`ModelServer`, which adds @serve.batch in front of `predict_many`.
+`ModelServer`, which puts the HTTP adapter in front and @serve.batch in front of `predict_many`.
 """
 
 from __future__ import annotations

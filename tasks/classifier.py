@@ -7,6 +7,7 @@ positive class comes out, so a caller never re-implements the encoding.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import lightgbm as lgb
@@ -45,10 +46,32 @@ class CategoryVocabulary:
             )
         return frame.with_columns(exprs) if exprs else frame
 
+    @cached_property
+    def codes(self) -> dict[str, dict[str, int]]:
+        """category -> code per column, for encoding a few rows without building Polars mappings."""
+        return {col: {c: i for i, c in enumerate(cats)} for col, cats in self.categories.items()}
+
+
+SMALL_FRAME = 64  # rows; below this the per-call cost of Polars expressions dominates
+
 
 def to_matrix(frame: pl.DataFrame, features: list[str], vocab: CategoryVocabulary) -> np.ndarray:
-    encoded = vocab.encode(frame.select(features))
-    return encoded.select(pl.all().cast(pl.Float64)).to_numpy()
+    """Features as LightGBM's float matrix: categories as codes, unknown and null as NaN."""
+    if frame.height >= SMALL_FRAME:
+        encoded = vocab.encode(frame.select(features))
+        return encoded.select(pl.all().cast(pl.Float64)).to_numpy()
+    # A request's few rows (serving): the same values, ~10x cheaper than the expressions above.
+    matrix = np.full((frame.height, len(features)), np.nan)
+    numeric = [j for j, name in enumerate(features) if name not in vocab.codes]
+    if numeric:
+        block = frame.select([pl.col(features[j]).cast(pl.Float64) for j in numeric]).to_numpy()
+        matrix[:, numeric] = block
+    for j, name in enumerate(features):
+        codes = vocab.codes.get(name)
+        if codes is not None:
+            values = frame.get_column(name).cast(pl.String).to_list()
+            matrix[:, j] = [np.nan if v is None else codes.get(v, np.nan) for v in values]
+    return matrix
 
 
 class TabularClassifier(PythonModel):  # type: ignore[misc]

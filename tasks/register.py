@@ -55,6 +55,15 @@ def _client(tracking_uri: str) -> Any:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
+def local_artifact_root(tracking_uri: str) -> Path | None:
+    """Where a local (sqlite) registry keeps its artifacts: `mlartifacts/` beside the database, so a
+    FUSION_HOME holds its models. (MLflow's own default is `./mlruns` in whatever directory the
+    process runs from.) None for a tracking server, which decides for itself."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts"
+
+
 def register_model(
     trained: TrainedModel,
     evaluation: Evaluation,
@@ -80,7 +89,11 @@ def register_model(
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    mlflow.set_experiment(f"fusion-{dataset.name}")
+    experiment = f"fusion-{dataset.name}"
+    root = local_artifact_root(tracking_uri)
+    if root is not None and client.get_experiment_by_name(experiment) is None:
+        client.create_experiment(experiment, artifact_location=(root / experiment).as_uri())
+    mlflow.set_experiment(experiment)
     signature, example = model_signature(trained, input_example)
     with mlflow.start_run(run_name=f"{dataset.name}-{batch_id}") as run:
         mlflow.log_params(

@@ -95,6 +95,9 @@ def test_sample_run_end_to_end(on_sample: Path, sample_source: Path) -> None:
     assert auc == pytest.approx(summary.metrics.test_auc, abs=1e-9)
     version = mlflow_versions(on_sample, "flights_delay")[0]
     assert version.tags["fusion.gate.decision"] == "promoted" and version.tags["fusion.batch_id"] == summary.batch_id
+    # the model's files live in this FUSION_HOME, not in whatever directory the run started from
+    artifacts = mlflow_client(on_sample).get_model_version_download_uri("flights_delay", version.version)
+    assert Path(artifacts.removeprefix("file://")).resolve().is_relative_to((on_sample / "mlartifacts").resolve())
 
 
 def test_second_run_hits_the_cache_and_reuses_the_version(on_sample: Path) -> None:

@@ -1,0 +1,349 @@
+"""Serving benchmark: Fusion (cache miss, cache hit) vs `mlflow models serve` (the peer) vs a minimal
+uvicorn + FastAPI app calling the same model in-process (the floor).
+
+    python -m benchmarks.serving --write docs/BENCHMARKS.md     (what `make bench-serving` runs)
+
+One run: a pipeline run into a temporary FUSION_HOME registers the flights champion (the shipped
+config) and materializes its online features into Redis from infra/local; then every server is
+started on loopback against that one registry, and each is driven in turn, alone, by closed-loop
+aiohttp clients in this process (1, 8, 32 at once), one row per request, for a fixed time after a
+warm-up. Rows are the run's own feature rows in MLflow's `dataframe_split` format, the same rows in
+the same order for every server at a given concurrency; each concurrency level takes a fresh slice,
+so Fusion's cache-miss rows are never in the cache (the hits counted during those cells are
+reported). Cache hit: 64 rows sent once beforehand, then cycled. Fusion's `/v1/predict` (raw
+records: online features + model) is measured too, on raw flights rows.
+
+The load generator shares the machine's cores with the servers: every server pays for it alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import numpy as np
+import polars as pl
+
+from benchmarks.pipeline import machine, write_section
+
+REPO = Path(__file__).resolve().parent.parent
+SERVICES = REPO / "infra" / "local" / "services.sh"
+BIN = Path(sys.executable).parent
+CONFIG = "configs/flights.yaml"
+MODEL = "flights_delay"
+REDIS_URL = f"redis://127.0.0.1:{os.environ.get('FUSION_REDIS_PORT', '6379')}/0"
+CLIENTS = (1, 8, 32)
+HOT_ROWS = 64
+FLOOR = "uvicorn + FastAPI in-process (floor)"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 180) -> float:
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return time.perf_counter() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} not ready after {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+class Servers:
+    """The servers under test as child processes (own process groups), stopped together."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.startup_s: dict[str, float] = {}
+
+    def start(self, name: str, command: list[str], env: dict[str, str], ready: str) -> None:
+        log = self.home / f"{name}.log"
+        proc = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.procs.append(proc)
+        self.startup_s[name] = wait_ready(ready, proc, log)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def register_model(home: Path, env: dict[str, str]) -> dict[str, Any]:
+    """A pipeline run of the shipped flights config into `home`; returns its summary."""
+    command = [str(BIN / "fusion"), "run", "--json", "--config", CONFIG]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"pipeline run failed:\n{done.stderr[-3000:]}")
+    return dict(json.loads(done.stdout))
+
+
+def model_rows(home: Path, fusion_url: str) -> pl.DataFrame:
+    """The run's feature rows as the model's inputs (the signature's string/double columns)."""
+    info = httpx.get(f"{fusion_url}/v2/models/{MODEL}", timeout=30).json()
+    frame = pl.read_parquet(sorted((home / "lake" / "features" / "flights").rglob("*.parquet"))[0])
+    columns = [pl.col(t["name"]).cast(pl.String if t["datatype"] == "BYTES" else pl.Float64) for t in info["inputs"]]
+    return frame.select(columns).sample(fraction=1.0, shuffle=True, seed=11)
+
+
+def raw_records(home: Path, fields: list[str]) -> list[dict[str, Any]]:
+    path = sorted((home / "lake" / "validated" / "flights").rglob("flights.parquet"))[0]
+    frame = pl.read_parquet(path).select(fields).sample(fraction=1.0, shuffle=True, seed=11)
+    frame = frame.with_columns(pl.col(pl.Datetime).dt.replace_time_zone(None).dt.to_string("%Y-%m-%dT%H:%M:%S"))
+    return frame.to_dicts()
+
+
+def split_body(columns: list[str], row: tuple[Any, ...]) -> bytes:
+    return json.dumps({"dataframe_split": {"columns": columns, "data": [list(row)]}}).encode()
+
+
+async def drive(
+    url: str, body: Callable[[int], bytes], clients: int, seconds: float, warmup_s: float
+) -> dict[str, Any]:
+    """Closed loop: `clients` workers each send one request after another; latencies of requests
+    started after the warm-up and finished before the end."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    counter = iter(range(10**9))
+    connector = aiohttp.TCPConnector(limit=clients, force_close=False)
+    headers = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        loop = asyncio.get_running_loop()
+        measure_from = loop.time() + warmup_s
+        end = measure_from + seconds
+
+        async def worker() -> None:
+            while True:
+                data = body(next(counter))
+                t0 = loop.time()
+                async with session.post(url, data=data) as response:
+                    text = await response.read()
+                    status = response.status
+                t1 = loop.time()
+                if t1 > end:
+                    return
+                if t0 >= measure_from:
+                    latencies.append(t1 - t0)
+                    if status != 200:
+                        errors.append(f"{status}: {text[:200]!r}")
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+    ms = np.asarray(latencies) * 1000
+    return {
+        "requests": len(latencies),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "rps": len(latencies) / seconds,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+    }
+
+
+def counters(fusion_url: str) -> dict[str, float]:
+    text = httpx.get(f"{fusion_url}/metrics", timeout=30).text
+    found: dict[str, float] = {}
+    for kind in ("hits", "misses"):
+        name = f"fusion_serving_cache_{kind}_total"
+        found[kind] = sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+    return found
+
+
+def measure(home: Path, seconds: float, warmup_s: float, mlflow_workers: list[int], replicas: int) -> dict[str, Any]:
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    env = {**os.environ, "FUSION_HOME": str(home), "FUSION_REDIS_URL": REDIS_URL, "PYTHONUNBUFFERED": "1"}
+    env["PATH"] = f"{BIN}:{env.get('PATH', '')}"  # `mlflow models serve` execs `uvicorn` from PATH
+    servers = Servers(home)
+    ports = {"fusion": free_port(), "floor": free_port()}
+    urls = {k: f"http://127.0.0.1:{p}" for k, p in ports.items()}
+    try:
+        fusion = [str(BIN / "fusion"), "serve", "--config", CONFIG, "--port", str(ports["fusion"])]
+        fusion_env = {**env, "FUSION_SERVING__REPLICAS": str(replicas)}
+        servers.start("fusion", fusion, fusion_env, f"{urls['fusion']}/v2/health/ready")
+        floor_env = {**env, "FUSION_BENCH_TRACKING_URI": uri, "FUSION_BENCH_MODEL": MODEL}
+        floor = [str(BIN / "python"), "-m", "uvicorn", "benchmarks.serving_floor:app", "--port", str(ports["floor"])]
+        servers.start(
+            "floor", [*floor, "--no-access-log", "--log-level", "warning"], floor_env, f"{urls['floor']}/ping"
+        )
+        for workers in mlflow_workers:
+            port = free_port()
+            peer = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@champion", "--env-manager"]
+            peer += ["local", "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)]
+            name = f"mlflow-w{workers}"
+            urls[name] = f"http://127.0.0.1:{port}"
+            servers.start(name, peer, {**env, "MLFLOW_TRACKING_URI": uri}, f"{urls[name]}/ping")
+
+        rows = model_rows(home, urls["fusion"])
+        columns, data = rows.columns, rows.rows()
+        hot = data[-HOT_ROWS:]
+        openapi = httpx.get(f"{urls['fusion']}/openapi.json", timeout=30).json()
+        records = raw_records(home, list(openapi["components"]["schemas"]["Record"]["properties"]))
+        for row in hot:  # the cache-hit rows, cached once
+            httpx.post(
+                f"{urls['fusion']}/invocations",
+                content=split_body(columns, row),
+                timeout=30,
+                headers={"Content-Type": "application/json"},
+            ).raise_for_status()
+
+        slice_len = (len(data) - HOT_ROWS) // len(CLIENTS)
+        cells: list[dict[str, Any]] = []
+        for level, clients in enumerate(CLIENTS):
+            offset = level * slice_len
+
+            def fresh(i: int, offset: int = offset) -> bytes:
+                return split_body(columns, data[offset + i % slice_len])
+
+            def cached(i: int) -> bytes:
+                return split_body(columns, hot[i % HOT_ROWS])
+
+            def record(i: int, offset: int = offset) -> bytes:
+                return json.dumps({"records": [records[(offset + i) % len(records)]]}).encode()
+
+            plan: list[tuple[str, str, Callable[[int], bytes]]] = [
+                ("fusion, cache miss", f"{urls['fusion']}/invocations", fresh),
+                ("fusion, cache hit", f"{urls['fusion']}/invocations", cached),
+                ("fusion /v1/predict (raw records), cache miss", f"{urls['fusion']}/v1/predict", record),
+                *[
+                    (f"mlflow models serve -w {w} (peer)", f"{urls[f'mlflow-w{w}']}/invocations", fresh)
+                    for w in mlflow_workers
+                ],
+                (FLOOR, f"{urls['floor']}/invocations", fresh),
+            ]
+            for system, url, body in plan:
+                before = counters(urls["fusion"]) if system.startswith("fusion") else None
+                cell = asyncio.run(drive(url, body, clients, seconds, warmup_s))
+                if before is not None:
+                    after = counters(urls["fusion"])
+                    cell["cache_hits"] = after["hits"] - before["hits"]
+                    cell["cache_misses"] = after["misses"] - before["misses"]
+                cells.append({"system": system, "clients": clients, **cell})
+                print(json.dumps(cells[-1]), file=sys.stderr, flush=True)
+        return {"cells": cells, "startup_s": servers.startup_s, "features": len(columns)}
+    finally:
+        servers.stop()
+
+
+def report(results: dict[str, Any]) -> str:
+    cells = results["cells"]
+
+    def cell(system: str, clients: int) -> dict[str, Any]:
+        return next(c for c in cells if c["system"] == system and c["clients"] == clients)
+
+    peer = next(c["system"] for c in cells if c["system"].startswith("mlflow models serve -w 1"))
+    miss32, peer32 = cell("fusion, cache miss", 32), cell(peer, 32)
+    hit8, miss8 = cell("fusion, cache hit", 8), cell("fusion, cache miss", 8)
+    lines = [
+        "## Serving (`make bench-serving`)",
+        "",
+        f"Measured {results['date']} on {results['machine']}.",
+        f"Command: `{results['command']}`. Model: the shipped flights config's champion "
+        f"(LightGBM, {results['features']} inputs), registered by a pipeline run in the same benchmark run. "
+        f"Fusion: `fusion serve` with {results['replicas']} replicas (`serving.replicas`), the rest of the "
+        "`serving` section as shipped (batches of up to 32, 2 ms wait, one OpenMP thread per replica); "
+        "`mlflow models serve --env-manager local` with 1 and 2 uvicorn workers. "
+        f"One row per request, {results['seconds']:.0f} s per cell after {results['warmup_s']:.0f} s of warm-up, "
+        "closed-loop aiohttp clients on the same 2 cores as the servers. Every server is up for the whole run "
+        "and driven alone in turn.",
+        "",
+        "| server | clients | req/s | p50 ms | p99 ms | errors | cache hits / misses |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in cells:
+        hits = f"{c['cache_hits']:.0f} / {c['cache_misses']:.0f}" if "cache_hits" in c else ""
+        lines.append(
+            f"| {c['system']} | {c['clients']} | {c['rps']:.0f} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} "
+            f"| {c['errors']} | {hits} |"
+        )
+    ratio = miss32["rps"] / peer32["rps"]
+    hit_ratio = cell("fusion, cache hit", 1)["p50_ms"] / cell("fusion, cache miss", 1)["p50_ms"]
+    lines += [
+        "",
+        "Targets (issue 4):",
+        f"- 32 clients, Fusion cache-miss throughput vs `{peer}`: **{ratio:.2f}x** "
+        f"({miss32['rps']:.0f} vs {peer32['rps']:.0f} req/s; target ≥ 1.5x) — "
+        f"{'met' if ratio >= 1.5 else 'NOT met'}.",
+        f"- Cache-hit p50 / cache-miss p50 at 1 client: **{hit_ratio:.2f}** "
+        f"({cell('fusion, cache hit', 1)['p50_ms']:.1f} vs {cell('fusion, cache miss', 1)['p50_ms']:.1f} ms; "
+        f"target ≤ 0.5) — {'met' if hit_ratio <= 0.5 else 'NOT met'}; at 8 clients "
+        f"{hit8['p50_ms'] / miss8['p50_ms']:.2f}.",
+        f"- p99 at 8 clients ≤ 25 ms: Fusion cache miss **{miss8['p99_ms']:.1f} ms**, cache hit "
+        f"{hit8['p99_ms']:.1f} ms — {'met' if max(miss8['p99_ms'], hit8['p99_ms']) <= 25 else 'NOT met'}; "
+        f"the floor's p99 at 8 clients is {cell(FLOOR, 8)['p99_ms']:.1f} ms on the same machine.",
+        "",
+        "Start to ready (s): " + ", ".join(f"{k} {v:.1f}" for k, v in results["startup_s"].items()) + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per cell")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds per cell before measuring")
+    parser.add_argument("--mlflow-workers", type=int, nargs="+", default=[1, 2], help="peer configurations")
+    parser.add_argument("--replicas", type=int, default=2, help="Fusion model replicas (serving.replicas)")
+    parser.add_argument("--home", type=Path, help="reuse a FUSION_HOME with a champion (skips the pipeline run)")
+    parser.add_argument("--write", type=Path, help="update this BENCHMARKS.md")
+    args = parser.parse_args()
+    status = subprocess.run([str(SERVICES), "status", "redis"], capture_output=True, text=True, check=True)
+    started_redis = "redis: running" not in status.stderr
+    subprocess.run([str(SERVICES), "up", "redis"], check=True)
+    home = args.home or Path(tempfile.mkdtemp(prefix="fusion-bench-serving-"))
+    try:
+        if args.home is None:
+            env = {**os.environ, "FUSION_HOME": str(home), "FUSION_REDIS_URL": REDIS_URL}
+            summary = register_model(home, env)
+            print(f"registered {MODEL} v{summary.get('model_version')}", file=sys.stderr)
+        results = measure(home, args.seconds, args.warmup, args.mlflow_workers, args.replicas)
+    finally:
+        if started_redis:
+            subprocess.run([str(SERVICES), "down", "redis"], check=False)
+        if args.home is None:
+            shutil.rmtree(home, ignore_errors=True)
+    results.update(
+        date=dt.date.today().isoformat(),
+        machine=machine(),
+        command="make bench-serving",
+        replicas=args.replicas,
+        seconds=args.seconds,
+        warmup_s=args.warmup,
+    )
+    section = report(results)
+    print(section)
+    if args.write:
+        write_section(args.write, section)
+
+
+if __name__ == "__main__":
+    main()
