@@ -167,8 +167,8 @@ def start_ray() -> None:
     # on a thread of its own): one thread hop less per call, measured in docs/BENCHMARKS.md.
     os.environ.setdefault("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "0")
     os.environ.setdefault("RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP", "0")
-    # Proxy -> Ingress -> ModelServer over gRPC instead of Ray actor calls: ~1.4x the requests per
-    # second on two cores (docs/BENCHMARKS.md).
+    # Proxy -> replica calls over gRPC instead of Ray actor calls: ~1.4x the requests per second on
+    # two cores (docs/BENCHMARKS.md).
     os.environ.setdefault("RAY_SERVE_USE_GRPC_BY_DEFAULT", "1")
     if not ray.is_initialized():
         ray.init(

@@ -60,7 +60,8 @@ def to_matrix(frame: pl.DataFrame, features: list[str], vocab: CategoryVocabular
     if frame.height >= SMALL_FRAME:
         encoded = vocab.encode(frame.select(features))
         return encoded.select(pl.all().cast(pl.Float64)).to_numpy()
-    # A request's few rows (serving): the same values, ~10x cheaper than the expressions above.
+    # A request's few rows (serving): the same values without building Polars mappings and
+    # expressions per call (a one-row predict 2.9 -> 1.8 ms; tests/code/test_classifier.py).
     matrix = np.full((frame.height, len(features)), np.nan)
     numeric = [j for j, name in enumerate(features) if name not in vocab.codes]
     if numeric:
