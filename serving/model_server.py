@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import BaseModel
 
 from fusion.lake import Lake
-from fusion.settings import ServingConfig
+from fusion.settings import DatasetConfig, ServingConfig
 from serving.predictor import LoadedModel, ModelVersion, OnlineFeatures, champion, memory_online_features
 from serving.redis_guard import CircuitBreaker, GuardedRedis, PredictionCache, RedisOnlineFeatures
 from tasks.online_store import load_into_redis, namespace, read_snapshot
@@ -106,6 +106,9 @@ class ModelCore:
                 await self.reload_now()
             except Exception:  # keep serving the loaded version; the next poll tries again
                 log.exception("alias check failed")
+            model = self.model
+            if model is not None:
+                await asyncio.to_thread(self._warm_online, model.dataset)
 
     async def reload_now(self) -> str | None:
         """Load the version the alias points at, if it is not the one loaded; returns the served version."""
@@ -131,16 +134,28 @@ class ModelCore:
         dataset = model.dataset
         if self.redis is None:
             return model, memory_online_features(self.args.lake_uri, dataset)
-        version = dataset.features.version
-        if RedisOnlineFeatures(self.redis, dataset.name, version).manifest() is None:
-            # Redis restarted or never got this state: warm it from the lake snapshot
-            snapshot = read_snapshot(Lake(self.args.lake_uri), dataset.name, version)
-            if snapshot is not None:
-                try:
-                    load_into_redis(self.redis.client, dataset.features, *snapshot)
-                except Exception:
-                    log.warning("could not load online features into Redis (%s)", namespace(dataset.name, version))
-        return model, RedisOnlineFeatures(self.redis, dataset.name, version)
+        self._warm_online(dataset)
+        return model, RedisOnlineFeatures(self.redis, dataset.name, dataset.features.version)
+
+    def _warm_online(self, dataset: DatasetConfig) -> None:
+        """Load the lake snapshot of the online state into Redis when Redis lacks it (a run without
+        Redis, or Redis restarted: infra/local's keeps nothing). Checked at every load and poll."""
+        if self.redis is None:
+            return
+        ns = namespace(dataset.name, dataset.features.version)
+        try:
+            if self.redis.client.exists(f"{ns}:current"):
+                return
+        except Exception:  # Redis down: the next poll looks again
+            return
+        snapshot = read_snapshot(Lake(self.args.lake_uri), dataset.name, dataset.features.version)
+        if snapshot is None:
+            return
+        try:
+            written = load_into_redis(self.redis.client, dataset.features, *snapshot)
+            log.warning("online state was not in Redis: loaded %d keys of %s from the lake", written, ns)
+        except Exception:
+            log.warning("could not load online features into Redis (%s)", ns)
 
     @property
     def version(self) -> str | None:

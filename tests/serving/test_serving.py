@@ -248,5 +248,13 @@ def test_promotion_under_load_switches_version_with_no_failed_request(served: Se
     for w in workers:
         w.join()
     client.set_registered_model_alias(MODEL, "champion", old)
+    wait_for_version(served.url, old)  # leave the app as the other tests expect it
     assert statuses and set(statuses) == {200}
     assert versions[0] == old and versions[-1] == str(new.version)
+
+
+def wait_for_version(url: str, version: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(f"{url}/healthz", timeout=30).json()["version"] != version:
+        assert time.monotonic() < deadline, f"{url} still not serving version {version}"
+        time.sleep(0.2)

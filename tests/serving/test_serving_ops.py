@@ -19,7 +19,7 @@ from schemathesis.checks import not_a_server_error
 
 from tests.conftest import SERVICES
 from tests.serving.conftest import Served
-from tests.serving.test_serving import MODEL, feature_rows, json_rows, metric, registered_model
+from tests.serving.test_serving import MODEL, feature_rows, json_rows, metric, registered_model, wait_for_version
 
 pytestmark = [pytest.mark.integration, pytest.mark.services]
 
@@ -71,9 +71,6 @@ def test_schemathesis_finds_no_server_error(served: Served) -> None:
 
 
 def test_redis_killed_mid_load_costs_no_request_and_the_cache_comes_back(served: Served) -> None:
-    from fusion.lake import Lake
-    from tasks.online_store import load_into_redis, read_snapshot
-
     rows = json_rows(feature_rows(served, 50))
     columns = feature_rows(served, 1).columns
     statuses: list[int] = []
@@ -106,13 +103,16 @@ def test_redis_killed_mid_load_costs_no_request_and_the_cache_comes_back(served:
         stop.set()
         for w in workers:
             w.join()
-    # Redis from infra/local keeps nothing across a restart: put the online state back for other tests.
-    settings_ = served.settings
-    snapshot = read_snapshot(Lake(settings_.resolved_lake_uri), "flights", settings_.dataset.features.version)
-    assert snapshot is not None
+    # Redis from infra/local keeps nothing across a restart: the replicas load the online state
+    # from the lake snapshot again at their next alias poll (poll_s 0.5 here).
     import redis
 
-    load_into_redis(redis.Redis.from_url(served.redis_url), settings_.dataset.features, *snapshot)
+    current = f"fusion:online:flights:v{served.settings.dataset.features.version}:current"
+    client = redis.Redis.from_url(served.redis_url)
+    deadline = time.monotonic() + 30
+    while not client.exists(current) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert client.exists(current), "online state not reloaded into Redis after the restart"
 
     assert statuses and set(statuses) == {200}, sorted(set(statuses))
     assert during > 10  # requests kept being answered while Redis was down
@@ -236,3 +236,4 @@ def test_a_promotion_event_switches_the_version_before_any_poll(served: Served, 
         assert serving_version() == new  # poll_s is an hour: the event did it
     finally:
         client.set_registered_model_alias(MODEL, "champion", old)
+        wait_for_version(served.url, old)
