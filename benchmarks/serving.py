@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ import httpx
 import numpy as np
 import polars as pl
 
-from benchmarks.pipeline import machine, write_section
+from benchmarks.pipeline import free_port, machine, write_section
 
 REPO = Path(__file__).resolve().parent.parent
 SERVICES = REPO / "infra" / "local" / "services.sh"
@@ -51,12 +50,6 @@ REDIS_URL = f"redis://127.0.0.1:{os.environ.get('FUSION_REDIS_PORT', '6379')}/0"
 CLIENTS = (1, 8, 32)
 HOT_ROWS = 64
 FLOOR = "uvicorn + FastAPI in-process (floor)"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 180) -> float:
