@@ -71,8 +71,8 @@ def test_schemathesis_finds_no_server_error(served: Served) -> None:
 
 
 def test_redis_killed_mid_load_costs_no_request_and_the_cache_comes_back(served: Served) -> None:
-    rows = json_rows(feature_rows(served, 50))
-    columns = feature_rows(served, 1).columns
+    frame = feature_rows(served, 50)
+    rows, columns = json_rows(frame), frame.columns
     statuses: list[int] = []
     stop = threading.Event()
 
@@ -137,14 +137,13 @@ def secured(served: Served, kafka_bootstrap: str, tmp_path_factory: pytest.TempP
     file), promotion events from Kafka, and an alias poll so slow that only an event can explain
     a switch."""
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
     from ray import serve
 
     from fusion.events import KafkaEventBus
     from fusion.settings import with_overrides
     from serving.app import build_app, serving_args
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key = rsa_key()
     public = tmp_path_factory.mktemp("auth") / "public.pem"
     public.write_bytes(
         key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
