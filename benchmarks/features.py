@@ -90,6 +90,33 @@ def window_pandas(group: Any, known_at: Any, value: Any, at: Any, windows: list[
     return frame[frame["q"] >= 0].sort_values("q")
 
 
+TOLERANCE = 3 * HOUR_US
+
+
+def asof_inputs(rows: int) -> dict[str, np.ndarray]:
+    """Rows asking, each at a time over a year, for the latest of rows / 10 observations of its group."""
+    rng = np.random.default_rng(7)
+    right = max(rows // 10, 1)
+    return {
+        "left_keys": rng.integers(0, GROUPS, rows),
+        "left_time": rng.integers(0, 365 * 24 * HOUR_US, rows),
+        "right_keys": rng.integers(0, GROUPS, right),
+        "right_time": rng.integers(0, 365 * 24 * HOUR_US, right),
+    }
+
+
+def asof_pandas(left_keys: Any, left_time: Any, right_keys: Any, right_time: Any) -> Any:
+    """pandas: merge_asof by key with a tolerance, after sorting both sides by time; the right row number
+    of each left row (-1 for none), in left order. Ties at one time: the last right row, as rust_ext."""
+    import pandas as pd
+
+    left = pd.DataFrame({"k": left_keys, "t": left_time, "i": np.arange(len(left_keys))}).sort_values("t")
+    right = pd.DataFrame({"k": right_keys, "t": right_time, "r": np.arange(len(right_keys))})
+    right = right.sort_values("t", kind="stable")
+    merged = pd.merge_asof(left, right, on="t", by="k", direction="backward", tolerance=TOLERANCE)
+    return merged.sort_values("i")["r"].fillna(-1).astype("int64").to_numpy()
+
+
 def haversine_pandas(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> Any:
     """pandas: the same formula on Series with numpy ufuncs."""
     p1, p2 = np.radians(lat1), np.radians(lat2)
@@ -110,8 +137,8 @@ def run_case(kernel: str, impl: str, rows: int, repeat: int) -> dict[str, float]
         if impl == "pandas":
             series = {k: pd.Series(v) for k, v in data.items()}
             return measured(lambda: window_pandas(**series, windows=WINDOWS), repeat)
-        frames = {k: pl.Series(k, v) for k, v in data.items()}
-        return measured(lambda: kernels.window_aggregate(**frames, windows=WINDOWS, using=using), repeat)
+        group, known_at, value, at = (pl.Series(k, v) for k, v in data.items())
+        return measured(lambda: kernels.window_aggregate(group, known_at, value, at, WINDOWS, using=using), repeat)
     if kernel == "haversine":
         rng = np.random.default_rng(7)
         coords = [rng.uniform(-80, 80, rows), rng.uniform(-180, 180, rows)] * 2
@@ -136,6 +163,17 @@ def run_case(kernel: str, impl: str, rows: int, repeat: int) -> dict[str, float]
             return result
         strings = [pl.Series(c) for c in pairs]
         return measured(lambda: kernels.cross_hash(strings, using=using), repeat)
+    if kernel == "asof":
+        data = asof_inputs(rows)
+        lk, lt, rk, rt = (pl.Series(v) for v in data.values())
+        if impl == "pandas":
+            frames = {k: pd.Series(v) for k, v in data.items()}
+            result = measured(lambda: asof_pandas(**frames), repeat)
+            index = kernels.asof_index(lk, lt, rk, rt, tolerance=TOLERANCE, using="rust")
+            if not np.array_equal(asof_pandas(**frames), index.fill_null(-1).cast(pl.Int64).to_numpy()):
+                raise RuntimeError("the pandas as-of index differs from rust_ext's")
+            return result
+        return measured(lambda: kernels.asof_index(lk, lt, rk, rt, tolerance=TOLERANCE, using=using), repeat)
     if kernel == "feature_step":
         from benchmarks.features_pandas import build_features_pandas
         from fusion.settings import load_settings
@@ -198,6 +236,7 @@ def child(kernel: str, impl: str, rows: int, repeat: int) -> dict[str, Any]:
 
 LABELS = {
     "window": "windowed aggregate",
+    "asof": "as-of index (1 right row per 10)",
     "cross_hash": "cross hash (2 columns)",
     "haversine": "haversine",
     "feature_step": "whole feature step (flights)",
@@ -283,7 +322,7 @@ def main() -> None:
         return
     results = []
     for rows in [int(s) for s in args.sizes.split(",")]:
-        for kernel in ("window", "cross_hash", "haversine"):
+        for kernel in ("window", "asof", "cross_hash", "haversine"):
             for impl in ("rust", "polars", "pandas"):
                 results.append(child(kernel, impl, rows, 1 if impl == "pandas" and rows >= 10**7 else args.repeat))
     for impl in ("rust", "polars", "pandas"):

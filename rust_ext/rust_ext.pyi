@@ -1,12 +1,29 @@
 """Fusion's native feature kernels. Arrays in: anything with the Arrow PyCapsule interface (polars Series,
-pyarrow arrays); arrays out: Arrow arrays that `polars.Series(...)` takes without a copy."""
+pyarrow arrays), read chunk by chunk without a copy; arrays out: Arrow arrays that `polars.Series(...)`
+takes without a copy. Keys are string or integer columns (a row with a null key has no group)."""
 
 from collections.abc import Sequence
 from typing import Any
 
-def window_aggregate(group: Any, known_at: Any, value: Any, at: Any, windows: Sequence[int]) -> list[Any]:
-    """Per window: count_<w> (Int64), sum_<w>, mean_<w>, max_<w> (Float64) over the row's group's events
-    with at - w <= known_at < at. group/known_at/at Int64, value Float64, equal lengths."""
+def window_aggregates(
+    specs: Sequence[tuple[Sequence[Any], Any, Any, Sequence[int], Sequence[str]]], at: Any
+) -> list[list[Any]]:
+    """Per spec (keys, known_at Int64, value Float64, windows, aggs among count/sum/mean/max), per window
+    and aggregate in order: `<agg>_<w>` (Float64) over the row's group's events with
+    at - w <= known_at < at (at Int64). Specs passing the same key or known_at columns share the work."""
+
+def asof_index(
+    left_keys: Sequence[Any],
+    left_time: Any,
+    right_keys: Sequence[Any],
+    right_time: Any,
+    order_by: Sequence[Any],
+    strict: bool,
+    tolerance: int | None,
+) -> Any:
+    """For each left row, the row number (UInt32, null for none) of the latest right row with the same keys
+    at or before its time (strictly before when `strict`), at most `tolerance` older; ties at one time go
+    to the greatest by `order_by` (nulls greatest, NaN above numbers), then to the last row."""
 
 def haversine_km(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> Any:
     """Great-circle distance in km (Float64 degrees in, Float64 out; null where any input is)."""

@@ -8,8 +8,7 @@ whose `known_at` is strictly before it.
 
 from __future__ import annotations
 
-import datetime as dt
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -18,7 +17,6 @@ from fusion.errors import FeatureError
 from fusion.settings import FeatureSpec, PredictionTimeConfig, RollingAggregate, TargetConfig
 from tasks import kernels
 
-ROW = "_row"
 PRED_TIME = "_pred_time"
 
 
@@ -43,8 +41,8 @@ def _sql(expr: str, name: str) -> pl.Expr:
 
 
 def with_derived(primary: pl.LazyFrame, spec: FeatureSpec, prediction: PredictionTimeConfig) -> pl.LazyFrame:
-    """Derived columns in order, a row index and the prediction time."""
-    frame = primary.with_row_index(ROW)
+    """Derived columns in order and the prediction time."""
+    frame = primary
     for name, expr in spec.derived.items():
         frame = frame.with_columns(_sql(expr, name))
     try:
@@ -87,62 +85,45 @@ def cross_features(spec: FeatureSpec) -> list[pl.Expr]:
     ]
 
 
-# Every join_asof below has both sides sorted by time explicitly; Polars cannot verify it
-# when `by` groups are given, so its check is turned off instead of warning each call.
+def _columns(table: pl.DataFrame, name: str, columns: list[str], what: str) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise FeatureError(f"{what}: table {name!r} has no column(s) {missing}")
 
 
-def _queries(base: pl.LazyFrame, keys: dict[str, str]) -> pl.LazyFrame:
-    """Rows that ask: (row, group keys renamed, prediction time), sorted by time for join_asof."""
-    return (
-        base.select(ROW, PRED_TIME, *[pl.col(src).alias(dst) for src, dst in keys.items()])
-        .drop_nulls([PRED_TIME, *keys.values()])
-        .sort(PRED_TIME)
-    )
+def _gather(table: pl.DataFrame, index: pl.Series, columns: dict[str, str]) -> pl.DataFrame:
+    """The right rows an index points at (null where it is null), columns renamed."""
+    return pl.DataFrame([table[c].gather(index).alias(name) for c, name in columns.items()])
 
 
 def asof_features(
-    base: pl.LazyFrame, tables: dict[str, pl.LazyFrame], spec: FeatureSpec, keep_time: bool = False
-) -> list[pl.LazyFrame]:
+    base: pl.DataFrame, tables: dict[str, pl.DataFrame], spec: FeatureSpec, keep_time: bool = False
+) -> list[pl.DataFrame]:
     """Per as-of join, the latest right row at or before each base row's prediction time (within the
-    tolerance), keyed by ROW; `keep_time` adds that row's time as `_t` (online features need it)."""
+    tolerance), aligned with the base rows; `keep_time` adds that row's time as `_t` (online features
+    need it). The index comes from tasks/kernels.py (Rust or its twin); the columns are gathered by it."""
     out = []
     for join in spec.asof:
-        right = (
-            tables[join.table]
-            .select(
-                pl.col(join.right_on).alias("_key"),
-                pl.col(join.right_time).alias("_t"),
-                *[pl.col(c).alias(f"{join.prefix}{c}") for c in join.columns],
-            )
-            .drop_nulls(["_key", "_t"])
-            .sort("_t")
+        what = f"as-of join {join.prefix}*"
+        right = tables[join.table]
+        _columns(right, join.table, [join.right_on, join.right_time, *join.columns], what)
+        tolerance = join.tolerance_minutes * 60_000_000 if join.tolerance_minutes else None
+        index = kernels.asof_index(
+            base[join.left_on], base[PRED_TIME], right[join.right_on], right[join.right_time], tolerance=tolerance
         )
-        tolerance = dt.timedelta(minutes=join.tolerance_minutes) if join.tolerance_minutes else None
-        joined = _queries(base, {join.left_on: "_key"}).join_asof(
-            right,
-            check_sortedness=False,
-            left_on=PRED_TIME,
-            right_on="_t",
-            by="_key",
-            strategy="backward",
-            tolerance=tolerance,
-        )
-        out.append(joined.select(ROW, *[f"{join.prefix}{c}" for c in join.columns], *(["_t"] if keep_time else [])))
+        columns = {c: f"{join.prefix}{c}" for c in join.columns} | ({join.right_time: "_t"} if keep_time else {})
+        out.append(_gather(right, index, columns))
     return out
 
 
-def lookup_features(base: pl.LazyFrame, tables: dict[str, pl.LazyFrame], spec: FeatureSpec) -> list[pl.LazyFrame]:
-    """Static attributes by key; each part has one row per base row, in base order."""
+def lookup_features(base: pl.DataFrame, tables: dict[str, pl.DataFrame], spec: FeatureSpec) -> list[pl.DataFrame]:
+    """Static attributes by key (the first right row of a key), aligned with the base rows."""
     out = []
     for join in spec.lookups:
-        right = (
-            tables[join.table]
-            .select(pl.col(join.right_on).alias("_key"), *[pl.col(c).alias(n) for c, n in join.columns.items()])
-            .drop_nulls("_key")
-            .unique("_key", keep="first", maintain_order=True)
-        )
-        left = base.select(pl.col(join.left_on).alias("_key"))
-        out.append(left.join(right, on="_key", how="left", maintain_order="left").select(*join.columns.values()))
+        right = tables[join.table]
+        _columns(right, join.table, [join.right_on, *join.columns], f"lookup {list(join.columns.values())}")
+        index = kernels.lookup_index(base[join.left_on], right[join.right_on])
+        out.append(_gather(right, index, dict(join.columns)))
     return out
 
 
@@ -150,88 +131,83 @@ def rolling_names(agg: RollingAggregate) -> list[str]:
     return [f"{agg.name}_{a}_{w}m" for w in agg.windows_minutes for a in agg.aggs]
 
 
-def rolling_inputs(base: pl.LazyFrame, spec: FeatureSpec) -> list[pl.LazyFrame]:
-    """Per aggregate spec, the kernel's inputs in base row order: dense group id (null when a key is
-    null), known_at and prediction time as Int64 microseconds since the epoch (UTC), value as Float64."""
-    return [rolling_input(base, agg) for agg in spec.rolling]
+@dataclass(frozen=True)
+class RollingEvents:
+    """One aggregate spec's events over the base rows: group keys, the time each value became known, the value."""
+
+    keys: list[pl.Series]
+    known_at: pl.Series
+    value: pl.Series
 
 
-def rolling_input(base: pl.LazyFrame, agg: RollingAggregate, keep_keys: bool = False) -> pl.LazyFrame:
-    """One spec's kernel inputs (see rolling_inputs); `keep_keys` adds the group key columns."""
-    keys = [pl.col(b) for b in agg.by]
-    known_at = _sql(agg.known_at, "_t")
+def rolling_events(base: pl.DataFrame, agg: RollingAggregate) -> RollingEvents:
+    """The spec's events (known_at and value are SQL over the base columns: plain column names cost nothing)."""
     try:
-        known_type = base.select(known_at).collect_schema()["_t"]
+        frame = base.lazy().select(_sql(agg.known_at, "_t"), _sql(agg.value, "_v")).collect()
     except pl.exceptions.PolarsError as exc:
-        raise FeatureError(f"rolling aggregate {agg.name!r}: known_at does not fit the table: {exc}") from exc
-    if not isinstance(known_type, pl.Datetime):
-        raise FeatureError(f"rolling aggregate {agg.name!r}: known_at is {known_type}, not a datetime")
-    return base.select(
-        pl.when(pl.all_horizontal(k.is_not_null() for k in keys))
-        .then(pl.struct(keys).rank("dense").cast(pl.Int64))
-        .alias("_g"),
-        known_at.dt.epoch("us"),
-        _sql(agg.value, "_v").cast(pl.Float64),
-        pl.col(PRED_TIME).dt.epoch("us").alias("_a"),
-        *(keys if keep_keys else []),
-    )
+        raise FeatureError(f"rolling aggregate {agg.name!r}: known_at or value does not fit the table: {exc}") from exc
+    if not isinstance(frame.schema["_t"], pl.Datetime):
+        raise FeatureError(f"rolling aggregate {agg.name!r}: known_at is {frame.schema['_t']}, not a datetime")
+    if not frame.schema["_v"].is_numeric():
+        raise FeatureError(f"rolling aggregate {agg.name!r}: value is {frame.schema['_v']}, not a number")
+    return RollingEvents([base[b] for b in agg.by], frame["_t"], frame["_v"])
 
 
-def rolling_features(inputs: list[pl.DataFrame], spec: FeatureSpec) -> list[pl.DataFrame]:
-    """Per-group sum/count/mean/max over values known in [T - window, T), T = prediction time.
+def rolling_aggregates(
+    aggs: Sequence[RollingAggregate], events: Sequence[RollingEvents], at: pl.Series
+) -> list[pl.DataFrame]:
+    """Per spec, sum/count/mean/max over values known in [T - window, T), T = `at` of each row, as named
+    feature columns aligned with the rows. One kernel call for every spec and window (tasks/kernels.py:
+    Rust when built, sharing the sorts of shared columns; else the pure-Polars twin). Rows with a null
+    group key neither count nor ask."""
+    specs = [
+        kernels.WindowSpec(e.keys, e.known_at, e.value, [w * 60_000_000 for w in agg.windows_minutes], agg.aggs)
+        for agg, e in zip(aggs, events, strict=True)
+    ]
+    out = []
+    for agg, spec, result in zip(aggs, specs, kernels.window_aggregates(specs, at), strict=True):
+        columns: list[pl.Series] = []
+        for minutes, w in zip(agg.windows_minutes, spec.windows, strict=True):
+            for a in agg.aggs:
+                columns.append(result[f"{a}_{w}"].alias(f"{agg.name}_{a}_{minutes}m"))
+        out.append(pl.DataFrame(columns))
+    return out
 
-    One kernel call per aggregate spec for all its windows (tasks/kernels.py: Rust when built, else
-    the pure-Polars twin), on the collected `rolling_inputs`. Rows with a null group key neither count
-    nor ask. Each part is aligned with the base rows.
-    """
 
-    # The Rust kernel releases the GIL and has serial stretches (gathering rows, one-window sweeps):
-    # two specs at a time keep both cores busy.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return list(pool.map(rolling_aggregate, spec.rolling, inputs))
-
-
-def rolling_aggregate(agg: RollingAggregate, frame: pl.DataFrame) -> pl.DataFrame:
-    """One spec's kernel call on its inputs (`_g`, `_t`, `_v`, `_a`), as named feature columns."""
-    windows = [w * 60_000_000 for w in agg.windows_minutes]
-    result = kernels.window_aggregate(frame["_g"], frame["_t"], frame["_v"], frame["_a"], windows)
-    columns: list[pl.Series] = []
-    for minutes, w in zip(agg.windows_minutes, windows, strict=True):
-        for a in agg.aggs:
-            column = result[f"{a}_{w}"]
-            columns.append((column.cast(pl.Float64) if a == "count" else column).alias(f"{agg.name}_{a}_{minutes}m"))
-    return pl.DataFrame(columns)
+def rolling_features(base: pl.DataFrame, spec: FeatureSpec) -> list[pl.DataFrame]:
+    """Every aggregate spec over the base rows, each row asking at its prediction time."""
+    events = [rolling_events(base, agg) for agg in spec.rolling]
+    return rolling_aggregates(spec.rolling, events, base[PRED_TIME])
 
 
 def previous_features(
-    base: pl.LazyFrame, spec: FeatureSpec, queries: pl.LazyFrame | None = None, keep_time: bool = False
-) -> list[pl.LazyFrame]:
+    base: pl.DataFrame, spec: FeatureSpec, queries: pl.DataFrame | None = None, keep_time: bool = False
+) -> list[pl.DataFrame]:
     """Values of the group's latest event known strictly before T, and the minutes since it.
 
-    Events are the base rows; the rows that ask are `queries` (default: the base rows too).
+    Events are the base rows; the rows that ask are `queries` (default: the base rows too), and the
+    result is aligned with them. Events of a group known at the same time: the one with the greatest
+    values (in column order, nulls greatest), so the answer does not depend on the row order.
     `keep_time` adds the event's known_at as `_t`."""
+    asking = base if queries is None else queries
     out = []
     for prev in spec.previous:
-        keys = {b: f"_by{i}" for i, b in enumerate(prev.by)}
-        by = list(keys.values())
-        events = (
-            base.select(
-                *[pl.col(src).alias(dst) for src, dst in keys.items()],
-                _sql(prev.known_at, "_t"),
-                *[pl.col(c).alias(f"{prev.name}_{c}") for c in prev.columns],
-            )
-            .drop_nulls([*by, "_t"])
-            .sort([*by, "_t", *[f"{prev.name}_{c}" for c in prev.columns]], nulls_last=True)
-            .unique([*by, "_t"], keep="last", maintain_order=True)
-            .sort("_t")
+        try:
+            known = base.lazy().select(_sql(prev.known_at, "_t")).collect()["_t"]
+        except pl.exceptions.PolarsError as exc:
+            raise FeatureError(f"previous {prev.name!r}: known_at does not fit the table: {exc}") from exc
+        index = kernels.asof_index(
+            [asking[b] for b in prev.by],
+            asking[PRED_TIME],
+            [base[b] for b in prev.by],
+            known,
+            strict=True,
+            order_by=[base[c] for c in prev.columns],
         )
-        joined = _queries(base if queries is None else queries, keys).join_asof(
-            events, check_sortedness=False, left_on=PRED_TIME, right_on="_t", by=by, allow_exact_matches=False
-        )
-        since = ((pl.col(PRED_TIME) - pl.col("_t")).dt.total_seconds() / 60.0).alias(f"{prev.name}_minutes_since")
-        out.append(
-            joined.select(ROW, *[f"{prev.name}_{c}" for c in prev.columns], since, *(["_t"] if keep_time else []))
-        )
+        found = _gather(base, index, {c: f"{prev.name}_{c}" for c in prev.columns})
+        event_time = known.gather(index)
+        since = ((asking[PRED_TIME] - event_time).dt.total_seconds() / 60.0).alias(f"{prev.name}_minutes_since")
+        out.append(found.with_columns(since, *([event_time.alias("_t")] if keep_time else [])))
     return out
 
 
@@ -243,34 +219,30 @@ def build_features(
     target: TargetConfig | None,
 ) -> pl.DataFrame:
     """Feature table: id columns, event time, every feature, and the target when given."""
-    lazy = {name: frame.lazy() for name, frame in tables.items()}
-    base = with_derived(lazy[primary], spec, prediction)
-    schema = base.collect_schema()
+    base_plan = with_derived(tables[primary].lazy(), spec, prediction)
+    schema = base_plan.collect_schema()
     needed = [*spec.numeric, *spec.categorical, *spec.id_columns, *[c for x in spec.crosses for c in x.columns]]
     missing = [c for c in needed if c not in schema]
     if missing:
         raise FeatureError(f"feature spec names column(s) {missing} that table {primary!r} does not have")
-    own = own_features(spec)
     names = feature_names(spec)
     head = [c for c in dict.fromkeys([*spec.id_columns, spec.event_time]) if c not in names]
     extra = [_sql(target.expr, target.name).cast(pl.Int8)] if target else []
-    rolling = rolling_inputs(base, spec)
-    lookups = lookup_features(base, lazy, spec)
-    subsets = [*asof_features(base, lazy, spec), *previous_features(base, spec)]  # some rows, keyed by ROW
-    rows = base.select(ROW, *[pl.col(c) for c in head], *own, *extra)
     try:
-        # One plan for every part: Polars runs them in parallel and computes the shared base once.
-        first, *collected = pl.collect_all([rows, *lookups, *subsets, *rolling])
-        aligned = collected[: len(lookups)]
-        keyed = collected[len(lookups) : len(lookups) + len(subsets)]
-        aligned += rolling_features(collected[len(lookups) + len(subsets) :], spec)
-        # parts with one row per base row, in base order, are put side by side; the others joined by ROW
-        frame = pl.concat([first, *aligned], how="horizontal")
-        for part in keyed:
-            frame = frame.join(part, on=ROW, how="left", maintain_order="left")
+        # The derived columns once; every part reads them. Row-aligned parts are put side by side.
+        base = base_plan.collect()
+        # lazy: an eager select would first copy every chunked column of the base into one chunk
+        own = base.lazy().select(*[pl.col(c) for c in head], *own_features(spec), *extra).collect()
+        parts = [own, *rolling_features(base, spec), *previous_features(base, spec)]
+        # The joins need only the prediction time and their keys: the other derived columns go now,
+        # so that their memory serves the joined columns.
+        keys = dict.fromkeys([*(j.left_on for j in spec.asof), *(j.left_on for j in spec.lookups)])
+        base = base.lazy().select(PRED_TIME, *keys).collect()
+        parts += [*asof_features(base, tables, spec), *lookup_features(base, tables, spec)]
     except pl.exceptions.PolarsError as exc:
         raise FeatureError(f"feature spec does not fit the data: {exc}") from exc
-    return frame.select(*head, *names, *([target.name] if target else []))
+    columns = {c.name: c for part in parts for c in part.get_columns()}
+    return pl.DataFrame([columns[c] for c in [*head, *names, *([target.name] if target else [])]])
 
 
 def own_features(spec: FeatureSpec) -> list[pl.Expr]:

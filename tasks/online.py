@@ -26,14 +26,14 @@ from fusion.errors import FeatureError
 from fusion.settings import FeatureSpec, PredictionTimeConfig
 from tasks.features import (
     PRED_TIME,
-    ROW,
+    RollingEvents,
     asof_features,
     feature_names,
     lookup_features,
     own_features,
     previous_features,
-    rolling_aggregate,
-    rolling_input,
+    rolling_aggregates,
+    rolling_events,
     rolling_names,
     with_derived,
 )
@@ -94,63 +94,74 @@ class OnlineState:
     frames: dict[str, pl.DataFrame]  # part name -> `_key`, the part's columns, `_t` when timed
 
 
-def _probe(keys: pl.DataFrame, as_of: dt.datetime) -> pl.LazyFrame:
+def _probe(keys: pl.DataFrame, as_of: dt.datetime) -> pl.DataFrame:
     """One asking row per group at `as_of`, shaped like the base rows the feature code reads."""
-    return keys.with_row_index(ROW).with_columns(pl.lit(as_of).dt.cast_time_unit("us").alias(PRED_TIME)).lazy()
+    return keys.with_columns(pl.lit(as_of).dt.cast_time_unit("us").alias(PRED_TIME))
+
+
+def _with_probes(events: RollingEvents, groups: pl.DataFrame) -> RollingEvents:
+    """The events followed by one row per group that is no event (null time and value)."""
+
+    def nulls(like: pl.Series) -> pl.Series:
+        return pl.repeat(None, groups.height, dtype=like.dtype, eager=True)
+
+    return RollingEvents(
+        [pl.concat([k, groups[k.name]]) for k in events.keys],
+        pl.concat([events.known_at, nulls(events.known_at)]),
+        pl.concat([events.value, nulls(events.value)]),
+    )
 
 
 def online_state(
     tables: dict[str, pl.DataFrame], primary: str, spec: FeatureSpec, prediction: PredictionTimeConfig
 ) -> OnlineState:
     """Every stateful part's values per group as of the latest prediction time in the batch."""
-    lazy = {name: frame.lazy() for name, frame in tables.items()}
-    base = with_derived(lazy[primary], spec, prediction).collect().lazy()  # derived once, read by every part
-    as_of = base.select(pl.col(PRED_TIME).max()).collect().item()
-    if as_of is None:
+    base = with_derived(tables[primary].lazy(), spec, prediction).collect()  # derived once, read by every part
+    as_of = base[PRED_TIME].max()
+    if not isinstance(as_of, dt.datetime):
         raise FeatureError("no row has a prediction time: nothing to materialize")
-    as_of_us = int(pl.Series([as_of]).dt.epoch("us")[0])
     frames: dict[str, pl.DataFrame] = {}
     parts = online_parts(spec)
 
     def of_kind(kind: str) -> list[OnlinePart]:
         return [p for p in parts if p.kind == kind]
 
+    def found(part: OnlinePart, probe: pl.DataFrame, values: pl.DataFrame) -> pl.DataFrame:
+        """The probe rows that found a state (timed parts: a row with a time), keyed for the store."""
+        joined = pl.concat([probe, values], how="horizontal")
+        if part.timed:
+            joined = joined.drop_nulls(TIME)
+        stored = [*part.columns, pl.col(TIME).dt.epoch("us")] if part.timed else part.columns
+        return joined.lazy().select(group_key(part.keys), *stored).collect()
+
     for part, join in zip(of_kind("asof"), spec.asof, strict=True):
-        keys = lazy[join.table].select(pl.col(join.right_on).alias(join.left_on)).drop_nulls().unique().collect()
-        probe = _probe(keys, as_of)
+        keys = tables[join.table].lazy().select(pl.col(join.right_on).alias(join.left_on)).drop_nulls().unique()
+        probe = _probe(keys.collect(), as_of)
         # The latest row regardless of the tolerance: `resolve` applies it at each request's time.
         latest = join.model_copy(update={"tolerance_minutes": None})
-        (found,) = asof_features(probe, lazy, spec.model_copy(update={"asof": [latest]}), keep_time=True)
-        joined = probe.join(found, on=ROW, how="inner").drop_nulls(TIME)
-        frames[part.name] = joined.select(group_key(part.keys), *part.columns, pl.col(TIME).dt.epoch("us")).collect()
+        (values,) = asof_features(probe, tables, spec.model_copy(update={"asof": [latest]}), keep_time=True)
+        frames[part.name] = found(part, probe, values)
     for part, lookup in zip(of_kind("lookup"), spec.lookups, strict=True):
-        keys = lazy[lookup.table].select(pl.col(lookup.right_on).alias(lookup.left_on)).drop_nulls().unique().collect()
-        (found,) = lookup_features(keys.lazy(), lazy, spec.model_copy(update={"lookups": [lookup]}))
-        frames[part.name] = (
-            pl.concat([keys.lazy(), found], how="horizontal").select(group_key(part.keys), *part.columns).collect()
-        )
+        keys = tables[lookup.table].lazy().select(pl.col(lookup.right_on).alias(lookup.left_on)).drop_nulls()
+        probe = keys.unique().collect()
+        (values,) = lookup_features(probe, tables, spec.model_copy(update={"lookups": [lookup]}))
+        frames[part.name] = found(part, probe, values)
     for part, agg in zip(of_kind("rolling"), spec.rolling, strict=True):
-        inputs = rolling_input(base, agg, keep_keys=True).collect()
-        groups = inputs.filter(pl.col("_g").is_not_null()).unique("_g", maintain_order=True)
-        kernel_input = pl.concat(
-            [
-                inputs.select("_g", "_t", "_v", pl.lit(None, pl.Int64).alias("_a")),
-                groups.select(
-                    "_g",
-                    pl.lit(None, pl.Int64).alias("_t"),
-                    pl.lit(None, pl.Float64).alias("_v"),
-                    pl.lit(as_of_us, pl.Int64).alias("_a"),
-                ),
-            ]
+        events = rolling_events(base, agg)
+        groups = pl.DataFrame(events.keys).drop_nulls().unique(maintain_order=True)
+
+        # the base rows are events that do not ask (no `at`); one row per group asks at as_of, no event
+        asking = pl.repeat(as_of, groups.height, dtype=base.schema[PRED_TIME], eager=True)
+        ask = pl.concat([pl.repeat(None, base.height, dtype=asking.dtype, eager=True), asking])
+        both = _with_probes(events, groups)
+        (values,) = rolling_aggregates([agg], [both], ask)
+        frames[part.name] = pl.concat([groups, values.tail(groups.height)], how="horizontal").select(
+            group_key(part.keys), *part.columns
         )
-        values = rolling_aggregate(agg, kernel_input).tail(groups.height)
-        frames[part.name] = pl.concat([groups.select(group_key(part.keys)), values], how="horizontal")
     for part, prev in zip(of_kind("previous"), spec.previous, strict=True):
-        keys = base.select(prev.by).drop_nulls().unique().collect()
-        probe = _probe(keys, as_of)
-        (found,) = previous_features(base, spec.model_copy(update={"previous": [prev]}), queries=probe, keep_time=True)
-        joined = probe.join(found, on=ROW, how="inner").drop_nulls(TIME)
-        frames[part.name] = joined.select(group_key(part.keys), *part.columns, pl.col(TIME).dt.epoch("us")).collect()
+        probe = _probe(base.lazy().select(prev.by).drop_nulls().unique().collect(), as_of)
+        (values,) = previous_features(base, spec.model_copy(update={"previous": [prev]}), queries=probe, keep_time=True)
+        frames[part.name] = found(part, probe, values)
     return OnlineState(as_of=as_of, frames=frames)
 
 

@@ -1,15 +1,18 @@
 //! Python bindings of Fusion's feature kernels: Arrow arrays in and out through the Arrow PyCapsule
-//! interface (polars Series, pyarrow arrays), no copy on the way in beyond joining chunks. The kernels
-//! themselves (window.rs, hash.rs, geo.rs) are pure Rust and tested with `cargo test`.
+//! interface (polars Series, pyarrow arrays), taken chunk by chunk without a copy. The kernels
+//! themselves (window.rs, join.rs, keys.rs, hash.rs, geo.rs) are pure Rust and tested with `cargo test`.
 
+pub mod columns;
 pub mod geo;
 pub mod hash;
+pub mod join;
+pub mod keys;
 pub mod window;
 
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Float64Type, Int64Type};
+use arrow_array::types::Float64Type;
 use arrow_array::{Array, ArrayRef, new_empty_array};
 use arrow_schema::{DataType, Field};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -17,6 +20,29 @@ use pyo3::prelude::*;
 use pyo3_arrow::PyArray;
 use pyo3_arrow::error::PyArrowResult;
 use pyo3_arrow::input::AnyArray;
+
+use crate::columns::KernelError;
+
+/// The chunks of whatever Arrow object Python passed (a Series, an array, a chunked array).
+fn chunks(input: AnyArray) -> PyResult<Vec<ArrayRef>> {
+    let (chunks, _field) = input.into_chunked_array()?.into_inner();
+    Ok(chunks)
+}
+
+fn chunk_lists(inputs: Vec<AnyArray>) -> PyResult<Vec<Vec<ArrayRef>>> {
+    inputs.into_iter().map(chunks).collect()
+}
+
+fn refs(columns: &[Vec<ArrayRef>]) -> Vec<&[ArrayRef]> {
+    columns.iter().map(|c| c.as_slice()).collect()
+}
+
+fn py_error(e: KernelError) -> PyErr {
+    match e {
+        KernelError::Type { .. } => PyTypeError::new_err(e.to_string()),
+        _ => PyValueError::new_err(e.to_string()),
+    }
+}
 
 /// One contiguous array of the expected type from whatever Arrow object Python passed.
 fn contiguous(name: &str, input: AnyArray, expected: &DataType) -> PyArrowResult<ArrayRef> {
@@ -42,45 +68,87 @@ fn named(name: String, array: ArrayRef) -> PyArray {
     PyArray::new(array, Arc::new(field))
 }
 
-/// Per-group aggregates over prior events: for each row and window w, the events of the row's group
-/// with `at - w <= known_at < at`. Returns, per window in order, arrays named `count_<w>`, `sum_<w>`,
-/// `mean_<w>`, `max_<w>` (Int64, Float64, Float64, Float64), aligned with the input rows.
+/// One aggregate spec as Python passes it: (keys, known_at, value, windows, aggs).
+type PySpec = (Vec<AnyArray>, AnyArray, AnyArray, Vec<i64>, Vec<String>);
+
+/// Per-group aggregates over prior events, for several specs asking at the same times: for each row,
+/// spec and window w, the events of the row's group (`keys`: string or integer columns) with
+/// `at - w <= known_at < at`. Returns per spec, per window in order and per aggregate of `aggs` in
+/// order, an array named `<agg>_<w>` (count Int64, the others Float64), aligned with the input rows.
+/// Specs that pass the same key or known_at columns share their group ids and time sorts.
 #[pyfunction]
-#[pyo3(signature = (group, known_at, value, at, windows))]
-fn window_aggregate(
-    py: Python<'_>,
-    group: AnyArray,
-    known_at: AnyArray,
-    value: AnyArray,
-    at: AnyArray,
-    windows: Vec<i64>,
-) -> PyArrowResult<Vec<PyArray>> {
-    let group = contiguous("group", group, &DataType::Int64)?;
-    let known_at = contiguous("known_at", known_at, &DataType::Int64)?;
-    let value = contiguous("value", value, &DataType::Float64)?;
-    let at = contiguous("at", at, &DataType::Int64)?;
-    let result = py.detach(|| {
-        window::window_aggregate(
-            group.as_primitive::<Int64Type>(),
-            known_at.as_primitive::<Int64Type>(),
-            value.as_primitive::<Float64Type>(),
-            at.as_primitive::<Int64Type>(),
-            &windows,
-        )
-    });
-    let columns = result.map_err(|e| PyValueError::new_err(e.to_string()))?;
-    Ok(columns
+#[pyo3(signature = (specs, at))]
+fn window_aggregates(py: Python<'_>, specs: Vec<PySpec>, at: AnyArray) -> PyResult<Vec<Vec<PyArray>>> {
+    let at = chunks(at)?;
+    let mut inputs = Vec::with_capacity(specs.len());
+    for (keys, known_at, value, windows, aggs) in specs {
+        let aggs = aggs
+            .iter()
+            .map(|a| window::Agg::parse(a))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(py_error)?;
+        inputs.push((chunk_lists(keys)?, chunks(known_at)?, chunks(value)?, windows, aggs));
+    }
+    let specs: Vec<window::WindowSpec<'_>> = inputs
+        .iter()
+        .map(|(keys, known_at, value, windows, aggs)| window::WindowSpec {
+            keys: refs(keys),
+            known_at,
+            value,
+            windows: windows.clone(),
+            aggs: aggs.clone(),
+        })
+        .collect();
+    let result = py.detach(|| window::window_aggregates(&specs, &at)).map_err(py_error)?;
+    Ok(result
         .into_iter()
-        .flat_map(|c| {
-            let w = c.window;
-            [
-                named(format!("count_{w}"), Arc::new(c.count)),
-                named(format!("sum_{w}"), Arc::new(c.sum)),
-                named(format!("mean_{w}"), Arc::new(c.mean)),
-                named(format!("max_{w}"), Arc::new(c.max)),
-            ]
+        .map(|spec| {
+            spec.into_iter()
+                .flat_map(|w| {
+                    let window = w.window;
+                    w.columns
+                        .into_iter()
+                        .map(move |(agg, array)| named(format!("{}_{window}", agg.name()), array))
+                })
+                .collect()
         })
         .collect())
+}
+
+/// For each left row, the row number of the right row an as-of join attaches (UInt32, null where
+/// none): same keys, the latest right time at or before the left time (strictly before when `strict`),
+/// no older than `tolerance`; ties at one time go to the greatest by `order_by`, then the last row.
+#[pyfunction]
+#[pyo3(signature = (left_keys, left_time, right_keys, right_time, order_by, strict, tolerance))]
+#[allow(clippy::too_many_arguments)]
+fn asof_index(
+    py: Python<'_>,
+    left_keys: Vec<AnyArray>,
+    left_time: AnyArray,
+    right_keys: Vec<AnyArray>,
+    right_time: AnyArray,
+    order_by: Vec<AnyArray>,
+    strict: bool,
+    tolerance: Option<i64>,
+) -> PyResult<PyArray> {
+    let (left_keys, right_keys, order_by) = (
+        chunk_lists(left_keys)?,
+        chunk_lists(right_keys)?,
+        chunk_lists(order_by)?,
+    );
+    let (left_time, right_time) = (chunks(left_time)?, chunks(right_time)?);
+    let how = join::Asof { strict, tolerance };
+    let index = py.detach(|| {
+        join::asof_index(
+            &refs(&left_keys),
+            &left_time,
+            &refs(&right_keys),
+            &right_time,
+            &refs(&order_by),
+            how,
+        )
+    });
+    Ok(named("index".to_string(), Arc::new(index.map_err(py_error)?)))
 }
 
 /// Great-circle distance in km between points given in degrees (Float64); null where any input is.
@@ -141,5 +209,5 @@ fn cross_hash(py: Python<'_>, columns: Vec<AnyArray>) -> PyArrowResult<PyArray> 
 #[pymodule]
 mod rust_ext {
     #[pymodule_export]
-    use super::{cross_hash, haversine_km, window_aggregate};
+    use super::{asof_index, cross_hash, haversine_km, window_aggregates};
 }

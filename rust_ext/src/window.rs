@@ -4,92 +4,230 @@
 //! group, its prediction time T). For each query and each window w, the aggregates run over the events
 //! of the same group with `T - w <= known_at < T`: an event known at T itself is not yet known.
 //!
-//! One sort of the events and of the queries by (group, time), then one sweep per window with two
-//! monotone pointers: O(n log n + n * windows). The sum is compensated (Neumaier) as events enter and
-//! leave the window; the max comes from a monotone deque.
+//! Each time column is sorted once, rows are put in their group by a stable counting sort of that order
+//! on dense group ids (keys.rs), then one sweep per window with two monotone pointers over each group's
+//! events and queries: O(n log n + n * windows). Specs sharing key or time columns share that work. The sum is compensated (Neumaier) as events enter and
+//! leave the window; the max comes from a monotone deque. Only the requested aggregates are stored.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
-use arrow_array::{Array, Float64Array, Int64Array};
+use arrow_array::types::{Float64Type, Int64Type};
+use arrow_array::{ArrayRef, Float64Array};
 use arrow_buffer::NullBuffer;
+use arrow_schema::DataType;
 use rayon::prelude::*;
 
-/// The aggregates of one window, aligned with the input rows.
+use crate::columns::{Chunks, Column, KernelError, expect_rows, expect_type, rows};
+use crate::keys::{GroupRows, group_ids, same_arrays, time_order};
+
+/// An aggregate over the events in a window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Agg {
+    /// Events in the window (Float64, a whole number: what a model reads); null where the row cannot
+    /// ask (null key or time).
+    Count,
+    /// Sum of their values (Float64); 0 for an empty window.
+    Sum,
+    /// Mean (Float64); null for an empty window.
+    Mean,
+    /// Maximum (Float64); null for an empty window.
+    Max,
+}
+
+impl Agg {
+    pub const ALL: [Agg; 4] = [Agg::Count, Agg::Sum, Agg::Mean, Agg::Max];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Agg::Count => "count",
+            Agg::Sum => "sum",
+            Agg::Mean => "mean",
+            Agg::Max => "max",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Agg, KernelError> {
+        Agg::ALL
+            .into_iter()
+            .find(|a| a.name() == name)
+            .ok_or_else(|| KernelError::UnknownAggregate(name.to_string()))
+    }
+}
+
+/// The requested aggregates of one window, in the requested order, aligned with the input rows.
 pub struct WindowColumns {
     pub window: i64,
-    /// Events in the window; null where the row cannot ask (null group or time).
-    pub count: Int64Array,
-    /// Sum of the values in the window; 0 for an empty window.
-    pub sum: Float64Array,
-    /// Mean; null for an empty window.
-    pub mean: Float64Array,
-    /// Maximum; null for an empty window.
-    pub max: Float64Array,
+    pub columns: Vec<(Agg, ArrayRef)>,
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub enum WindowError {
-    LengthMismatch {
-        name: &'static str,
-        len: usize,
-        expected: usize,
-    },
-    NegativeWindow(i64),
+/// One aggregate spec: the group keys (strings or integers), when each value became known (Int64) and
+/// the value (Float64), the windows (in the unit of the times) and the aggregates to compute.
+pub struct WindowSpec<'a> {
+    pub keys: Vec<&'a Chunks>,
+    pub known_at: &'a Chunks,
+    pub value: &'a Chunks,
+    pub windows: Vec<i64>,
+    pub aggs: Vec<Agg>,
 }
 
-impl std::fmt::Display for WindowError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            WindowError::LengthMismatch { name, len, expected } => {
-                write!(f, "{name} has {len} rows, expected {expected} (the length of group)")
-            }
-            WindowError::NegativeWindow(w) => write!(f, "windows must be >= 0, got {w}"),
-        }
-    }
-}
-
-impl std::error::Error for WindowError {}
-
-/// Aggregates over prior events for every row and every window (in the unit of the time columns).
-///
-/// Rows whose group, known_at or value is null (or NaN) are not events; rows whose group or `at` is
-/// null get null aggregates. Input order is free: the output is aligned with the input rows.
+/// Aggregates over prior events for every row and every window of one spec (see `window_aggregates`).
 pub fn window_aggregate(
-    group: &Int64Array,
-    known_at: &Int64Array,
-    value: &Float64Array,
-    at: &Int64Array,
+    keys: &[&Chunks],
+    known_at: &Chunks,
+    value: &Chunks,
+    at: &Chunks,
     windows: &[i64],
-) -> Result<Vec<WindowColumns>, WindowError> {
-    let n = group.len();
-    for (name, len) in [("known_at", known_at.len()), ("value", value.len()), ("at", at.len())] {
-        if len != n {
-            return Err(WindowError::LengthMismatch { name, len, expected: n });
+    aggs: &[Agg],
+) -> Result<Vec<WindowColumns>, KernelError> {
+    let spec = WindowSpec {
+        keys: keys.to_vec(),
+        known_at,
+        value,
+        windows: windows.to_vec(),
+        aggs: aggs.to_vec(),
+    };
+    Ok(window_aggregates(&[spec], at)?.remove(0))
+}
+
+/// Aggregates over prior events for every row, per spec and window, all asking at `at` (Int64).
+///
+/// Row i is an event of each spec (its keys, known_at[i], value[i]) and a query (its keys, at[i]).
+/// Rows with a null key, known_at or value (or a NaN value) are not events; rows with a null key or
+/// `at` get null aggregates. Input order is free: the output is aligned with the input rows.
+///
+/// Specs that share key columns or a known_at column (the same buffers) share the work on them: the
+/// group ids are computed once per key set and each time column is sorted once.
+pub fn window_aggregates(specs: &[WindowSpec<'_>], at: &Chunks) -> Result<Vec<Vec<WindowColumns>>, KernelError> {
+    let n = rows(at);
+    expect_type("at", at, &DataType::Int64)?;
+    for (i, spec) in specs.iter().enumerate() {
+        let name = |arg: &str| {
+            if specs.len() == 1 {
+                arg.to_string()
+            } else {
+                format!("specs[{i}].{arg}")
+            }
+        };
+        expect_type(&name("known_at"), spec.known_at, &DataType::Int64)?;
+        expect_type(&name("value"), spec.value, &DataType::Float64)?;
+        let of = "at";
+        for (j, keys) in spec.keys.iter().enumerate() {
+            expect_rows(&name(&format!("keys[{j}]")), keys, n, of)?;
+        }
+        expect_rows(&name("known_at"), spec.known_at, n, of)?;
+        expect_rows(&name("value"), spec.value, n, of)?;
+        if let Some(&w) = spec.windows.iter().find(|&&w| w < 0) {
+            return Err(KernelError::NegativeWindow(w));
+        }
+        if spec.aggs.is_empty() {
+            return Err(KernelError::NoAggregates);
+        }
+        let aggs = &spec.aggs;
+        if let Some(a) = aggs
+            .iter()
+            .enumerate()
+            .find_map(|(i, a)| aggs[..i].contains(a).then_some(a))
+        {
+            return Err(KernelError::DuplicateAggregate(a.name().to_string()));
         }
     }
-    if let Some(&w) = windows.iter().find(|&&w| w < 0) {
-        return Err(WindowError::NegativeWindow(w));
-    }
 
-    let (events, queries) = rayon::join(
-        || {
-            let mut events: Vec<(i64, i64, f64)> = (0..n)
-                .filter(|&i| group.is_valid(i) && known_at.is_valid(i) && value.is_valid(i) && !value.value(i).is_nan())
-                .map(|i| (group.value(i), known_at.value(i), value.value(i)))
-                .collect();
-            events.par_sort_unstable_by_key(|a| (a.0, a.1));
-            events
-        },
-        || {
-            let mut queries: Vec<(i64, i64, usize)> = (0..n)
-                .filter(|&i| group.is_valid(i) && at.is_valid(i))
-                .map(|i| (group.value(i), at.value(i), i))
-                .collect();
-            queries.par_sort_unstable();
-            queries
-        },
-    );
-    Ok(windows.par_iter().map(|&w| sweep(&events, &queries, n, w)).collect())
+    // Each distinct key set and time column once (distinct = other buffers). Work that several specs
+    // share is done once; a known_at column's structures are dropped before the next one is built.
+    let key_sets = distinct(specs.iter().map(|s| s.keys.as_slice()), |a, b| {
+        a.len() == b.len() && a.iter().zip(*b).all(|(x, y)| same_arrays(x, y))
+    });
+    let knowns = distinct(specs.iter().map(|s| s.known_at), |a, b| same_arrays(a, b));
+    let ids = key_sets
+        .unique
+        .par_iter()
+        .map(|keys| group_ids(keys))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Every key set's queries up front (one sort of `at`), each dropped after the last known_at column
+    // that needs it.
+    let mut queries: Vec<Option<GroupRows>> = {
+        let order = time_order(&Column::<Int64Type>::new(at));
+        ids.par_iter()
+            .map(|(g, groups)| Some(GroupRows::new(&order, g, *groups)))
+            .collect()
+    };
+    let last_use: Vec<usize> = (0..key_sets.unique.len())
+        .map(|set| {
+            (0..specs.len())
+                .filter(|&i| key_sets.of[i] == set)
+                .map(|i| knowns.of[i])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+
+    let mut out: Vec<Vec<WindowColumns>> = specs.iter().map(|s| Vec::with_capacity(s.windows.len())).collect();
+    for (k, known_at) in knowns.unique.iter().enumerate() {
+        let users: Vec<usize> = (0..specs.len()).filter(|&i| knowns.of[i] == k).collect();
+        let sets = distinct(users.iter().map(|&i| key_sets.of[i]), |a, b| a == b);
+        let events: Vec<GroupRows> = {
+            let order = time_order(&Column::<Int64Type>::new(known_at));
+            sets.unique
+                .par_iter()
+                .map(|&set| GroupRows::new(&order, &ids[set].0, ids[set].1))
+                .collect()
+        };
+        let swept: Vec<Vec<WindowColumns>> = users
+            .par_iter()
+            .enumerate()
+            .map(|(u, &i)| {
+                let spec = &specs[i];
+                let events = &events[sets.of[u]];
+                // the spec's values in its events' order (NaN where a row is not an event), for all its windows
+                let value = Column::<Float64Type>::new(spec.value);
+                let values: Vec<f64> = events
+                    .rows
+                    .iter()
+                    .map(|&r| value.get(r as usize).unwrap_or(f64::NAN))
+                    .collect();
+                let input = SweepInput {
+                    queries: queries[key_sets.of[i]].as_ref().expect("kept until its last use"),
+                    events,
+                    values: &values,
+                };
+                spec.windows
+                    .par_iter()
+                    .map(|&w| sweep(&input, n, w, &spec.aggs))
+                    .collect()
+            })
+            .collect();
+        for (&i, columns) in users.iter().zip(swept) {
+            out[i] = columns;
+        }
+        for (set, last) in last_use.iter().enumerate() {
+            if *last == k {
+                queries[set] = None;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The distinct items of a list (by `same`) and, for each item, the index of its distinct one.
+struct Distinct<T> {
+    unique: Vec<T>,
+    of: Vec<usize>,
+}
+
+fn distinct<T: Copy>(items: impl Iterator<Item = T>, same: impl Fn(&T, &T) -> bool) -> Distinct<T> {
+    let mut d = Distinct {
+        unique: Vec::new(),
+        of: Vec::new(),
+    };
+    for item in items {
+        let index = d.unique.iter().position(|u| same(u, &item)).unwrap_or_else(|| {
+            d.unique.push(item);
+            d.unique.len() - 1
+        });
+        d.of.push(index);
+    }
+    d
 }
 
 /// Neumaier's compensated running sum, which also takes values out.
@@ -115,72 +253,118 @@ impl CompensatedSum {
     }
 }
 
-fn sweep(events: &[(i64, i64, f64)], queries: &[(i64, i64, usize)], n: usize, window: i64) -> WindowColumns {
-    // Plain values plus two validity masks (1 byte a row), not Option<f64> (16 bytes a row).
-    let mut count = vec![0i64; n];
-    let mut sum = vec![0f64; n];
-    let mut mean = vec![0f64; n];
-    let mut max = vec![0f64; n];
+struct SweepInput<'a> {
+    queries: &'a GroupRows,
+    events: &'a GroupRows,
+    /// The spec's value of each of `events`' rows, NaN where the row is not an event.
+    values: &'a [f64],
+}
+
+fn sweep(input: &SweepInput<'_>, n: usize, window: i64, aggs: &[Agg]) -> WindowColumns {
+    // Plain values plus validity masks (1 byte a row), not Option<f64> (16 bytes a row); only what is asked.
+    let wants = |a: Agg| aggs.contains(&a);
+    let mut count = if wants(Agg::Count) { vec![0f64; n] } else { Vec::new() };
+    let mut sum = if wants(Agg::Sum) { vec![0f64; n] } else { Vec::new() };
+    let mut mean = if wants(Agg::Mean) { vec![0f64; n] } else { Vec::new() };
+    let mut max = if wants(Agg::Max) { vec![0f64; n] } else { Vec::new() };
+    let need_max = wants(Agg::Max);
     let mut asked = vec![false; n]; // count and sum valid
     let mut seen = vec![false; n]; // mean and max valid: a non-empty window
 
-    let (mut lo, mut hi) = (0usize, 0usize);
-    let mut total = CompensatedSum::default();
-    let mut maxima: VecDeque<usize> = VecDeque::new(); // indices into events, values decreasing
-    let mut current: Option<i64> = None;
-    for &(g, t, row) in queries {
-        if current != Some(g) {
-            while hi < events.len() && events[hi].0 < g {
+    let mut maxima: VecDeque<(usize, f64)> = VecDeque::new(); // (position in the group's events, value), values decreasing
+    for g in 0..input.queries.groups() {
+        let (known_at, _) = input.events.group(g);
+        let values = &input.values[input.events.start[g]..input.events.start[g + 1]];
+        let (mut lo, mut hi, mut k) = (0usize, 0usize, 0usize);
+        let mut total = CompensatedSum::default();
+        maxima.clear();
+        let (times, rows) = input.queries.group(g);
+        for (&t, &row) in times.iter().zip(rows) {
+            while hi < known_at.len() && known_at[hi] < t {
+                let v = values[hi];
+                if !v.is_nan() {
+                    total.add(v);
+                    k += 1;
+                    if need_max {
+                        while maxima.back().is_some_and(|&(_, m)| m <= v) {
+                            maxima.pop_back();
+                        }
+                        maxima.push_back((hi, v));
+                    }
+                }
                 hi += 1;
             }
-            lo = hi;
-            total = CompensatedSum::default();
-            maxima.clear();
-            current = Some(g);
-        }
-        while hi < events.len() && events[hi].0 == g && events[hi].1 < t {
-            let v = events[hi].2;
-            total.add(v);
-            while maxima.back().is_some_and(|&j| events[j].2 <= v) {
-                maxima.pop_back();
+            let lower = t.saturating_sub(window);
+            while lo < hi && known_at[lo] < lower {
+                let v = values[lo];
+                if !v.is_nan() {
+                    total.add(-v);
+                    k -= 1;
+                    if maxima.front().is_some_and(|&(j, _)| j == lo) {
+                        maxima.pop_front();
+                    }
+                }
+                lo += 1;
             }
-            maxima.push_back(hi);
-            hi += 1;
-        }
-        let lower = t.saturating_sub(window);
-        while lo < hi && events[lo].1 < lower {
-            total.add(-events[lo].2);
-            if maxima.front() == Some(&lo) {
-                maxima.pop_front();
+            if k == 0 {
+                total = CompensatedSum::default(); // no drift carried into the next non-empty window
             }
-            lo += 1;
-        }
-        let k = hi - lo;
-        if k == 0 {
-            total = CompensatedSum::default(); // no drift carried into the next non-empty window
-        }
-        asked[row] = true;
-        count[row] = k as i64;
-        if let Some(&top) = maxima.front() {
-            seen[row] = true;
-            sum[row] = total.value();
-            mean[row] = total.value() / k as f64;
-            max[row] = events[top].2;
+            let row = row as usize;
+            asked[row] = true;
+            if !count.is_empty() {
+                count[row] = k as f64;
+            }
+            if k > 0 {
+                seen[row] = true;
+                if !sum.is_empty() {
+                    sum[row] = total.value();
+                }
+                if !mean.is_empty() {
+                    mean[row] = total.value() / k as f64;
+                }
+                if let Some(&(_, top)) = maxima.front() {
+                    max[row] = top;
+                }
+            }
         }
     }
     let (asked, seen) = (NullBuffer::from(asked), NullBuffer::from(seen));
-    WindowColumns {
-        window,
-        count: Int64Array::new(count.into(), Some(asked.clone())),
-        sum: Float64Array::new(sum.into(), Some(asked)),
-        mean: Float64Array::new(mean.into(), Some(seen.clone())),
-        max: Float64Array::new(max.into(), Some(seen)),
-    }
+    let columns = aggs
+        .iter()
+        .map(|&a| {
+            let array: ArrayRef = match a {
+                Agg::Count => Arc::new(Float64Array::new(
+                    std::mem::take(&mut count).into(),
+                    Some(asked.clone()),
+                )),
+                Agg::Sum => Arc::new(Float64Array::new(std::mem::take(&mut sum).into(), Some(asked.clone()))),
+                Agg::Mean => Arc::new(Float64Array::new(std::mem::take(&mut mean).into(), Some(seen.clone()))),
+                Agg::Max => Arc::new(Float64Array::new(std::mem::take(&mut max).into(), Some(seen.clone()))),
+            };
+            (a, array)
+        })
+        .collect();
+    WindowColumns { window, columns }
 }
 
 #[cfg(test)]
 mod tests {
+    use arrow_array::cast::AsArray;
+    use arrow_array::{Array, Int64Array};
+
     use super::*;
+
+    /// One window's count, sum, mean and max.
+    struct Out {
+        count: Float64Array,
+        sum: Float64Array,
+        mean: Float64Array,
+        max: Float64Array,
+    }
+
+    fn col(a: impl Array + 'static) -> Vec<ArrayRef> {
+        vec![Arc::new(a)]
+    }
 
     fn run(
         group: Vec<Option<i64>>,
@@ -188,16 +372,25 @@ mod tests {
         value: Vec<Option<f64>>,
         at: Vec<Option<i64>>,
         w: i64,
-    ) -> WindowColumns {
-        let mut out = window_aggregate(
-            &Int64Array::from(group),
-            &Int64Array::from(known),
-            &Float64Array::from(value),
-            &Int64Array::from(at),
+    ) -> Out {
+        let group = col(Int64Array::from(group));
+        let out = window_aggregate(
+            &[&group],
+            &col(Int64Array::from(known)),
+            &col(Float64Array::from(value)),
+            &col(Int64Array::from(at)),
             &[w],
+            &Agg::ALL,
         )
-        .unwrap();
-        out.remove(0)
+        .unwrap()
+        .remove(0);
+        let c = |i: usize| out.columns[i].1.clone();
+        Out {
+            count: c(0).as_primitive::<Float64Type>().clone(),
+            sum: c(1).as_primitive::<Float64Type>().clone(),
+            mean: c(2).as_primitive::<Float64Type>().clone(),
+            max: c(3).as_primitive::<Float64Type>().clone(),
+        }
     }
 
     /// Reference: for each row, scan every other row.
@@ -225,7 +418,7 @@ mod tests {
             20,
         );
         // at 35, window [15, 35): events at 20 and 30
-        assert_eq!(out.count.values().to_vec(), vec![1, 2, 2, 2]);
+        assert_eq!(out.count.values().to_vec(), vec![1.0, 2.0, 2.0, 2.0]);
         assert_eq!(out.sum.value(3), 7.0);
         assert_eq!(out.max.value(3), 4.0);
         assert_eq!(out.mean.value(0), 1.0);
@@ -240,10 +433,10 @@ mod tests {
             vec![Some(10), Some(11)],
             100,
         );
-        assert_eq!(out.count.value(0), 0);
+        assert_eq!(out.count.value(0), 0.0);
         assert!(out.mean.is_null(0) && out.max.is_null(0));
         assert_eq!(out.sum.value(0), 0.0);
-        assert_eq!(out.count.value(1), 2);
+        assert_eq!(out.count.value(1), 2.0);
         assert_eq!(out.max.value(1), 9.0);
     }
 
@@ -256,7 +449,7 @@ mod tests {
             vec![Some(4), Some(2), Some(2), Some(1)],
             10,
         );
-        assert_eq!(out.count.values().to_vec(), vec![2, 2, 1, 1]);
+        assert_eq!(out.count.values().to_vec(), vec![2.0, 2.0, 1.0, 1.0]);
         assert_eq!(out.max.value(0), 6.0); // group 2 before 4: values 6 (t=1) and 5 (t=3)
         assert_eq!(out.sum.value(1), 15.0); // group 1 before 2: the events at 0 and 1
         assert_eq!(out.sum.value(2), 6.0); // group 2 before 2: the event at 1 only
@@ -271,7 +464,7 @@ mod tests {
             vec![Some(5), Some(5), Some(5), None],
             10,
         );
-        assert_eq!(out.count.value(0), 1);
+        assert_eq!(out.count.value(0), 1.0);
         assert!(out.count.is_null(2) && out.count.is_null(3));
         assert_eq!(out.sum.value(1), 1.0);
     }
@@ -287,31 +480,162 @@ mod tests {
             vec![Some(1), Some(2)],
             0,
         );
-        assert_eq!(out.count.values().to_vec(), vec![0, 0]);
+        assert_eq!(out.count.values().to_vec(), vec![0.0, 0.0]);
     }
 
     #[test]
     fn errors_name_the_input() {
-        let err = window_aggregate(
-            &Int64Array::from(vec![1, 2]),
-            &Int64Array::from(vec![1]),
-            &Float64Array::from(vec![1.0, 2.0]),
-            &Int64Array::from(vec![1, 2]),
-            &[1],
-        )
-        .err()
-        .unwrap();
-        assert_eq!(err.to_string(), "known_at has 1 rows, expected 2 (the length of group)");
-        let err = window_aggregate(
-            &Int64Array::from(vec![1]),
-            &Int64Array::from(vec![1]),
-            &Float64Array::from(vec![1.0]),
-            &Int64Array::from(vec![1]),
-            &[5, -1],
-        )
-        .err()
-        .unwrap();
-        assert_eq!(err, WindowError::NegativeWindow(-1));
+        let ints = col(Int64Array::from(vec![1, 2]));
+        let floats = col(Float64Array::from(vec![1.0, 2.0]));
+        let call = |known: &Chunks, value: &Chunks, windows: &[i64], aggs: &[Agg]| {
+            window_aggregate(&[&ints], known, value, &ints, windows, aggs)
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        let one = col(Int64Array::from(vec![1]));
+        assert_eq!(
+            call(&one, &floats, &[1], &Agg::ALL),
+            "known_at has 1 rows, expected 2 (the length of at)"
+        );
+        assert_eq!(
+            call(&ints, &ints, &[1], &Agg::ALL),
+            "value: expected Float64, got Int64"
+        );
+        assert_eq!(
+            call(&ints, &floats, &[5, -1], &Agg::ALL),
+            "windows must be >= 0, got -1"
+        );
+        assert_eq!(
+            call(&ints, &floats, &[5], &[]),
+            "aggs: at least one of count, sum, mean, max is needed"
+        );
+        assert_eq!(
+            call(&ints, &floats, &[5], &[Agg::Max, Agg::Max]),
+            "aggs: max is asked for twice"
+        );
+        assert_eq!(
+            Agg::parse("median").unwrap_err().to_string(),
+            "aggs: unknown aggregate \"median\" (count, sum, mean, max)"
+        );
+    }
+
+    #[test]
+    fn only_the_requested_aggregates_in_their_order() {
+        let g = col(Int64Array::from(vec![1, 1, 1]));
+        let t = col(Int64Array::from(vec![0, 1, 2]));
+        let v = col(Float64Array::from(vec![4.0, 2.0, 6.0]));
+        let out = window_aggregate(&[&g], &t, &v, &t, &[10], &[Agg::Max, Agg::Mean])
+            .unwrap()
+            .remove(0);
+        let names: Vec<Agg> = out.columns.iter().map(|(a, _)| *a).collect();
+        assert_eq!(names, vec![Agg::Max, Agg::Mean]);
+        assert_eq!(
+            out.columns[0]
+                .1
+                .as_primitive::<Float64Type>()
+                .iter()
+                .collect::<Vec<_>>(),
+            vec![None, Some(4.0), Some(4.0)]
+        );
+        assert_eq!(
+            out.columns[1]
+                .1
+                .as_primitive::<Float64Type>()
+                .iter()
+                .collect::<Vec<_>>(),
+            vec![None, Some(4.0), Some(3.0)]
+        );
+    }
+
+    #[test]
+    fn specs_sharing_columns_give_what_each_gives_alone() {
+        let mut s: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let n = 3000;
+        let a = col(Int64Array::from(
+            (0..n).map(|_| (next() % 7) as i64).collect::<Vec<_>>(),
+        ));
+        let b = col(arrow_array::StringArray::from(
+            (0..n)
+                .map(|_| ["x", "y", "z"][(next() % 3) as usize])
+                .collect::<Vec<_>>(),
+        ));
+        let known = col(Int64Array::from(
+            (0..n).map(|_| (next() % 500) as i64).collect::<Vec<_>>(),
+        ));
+        let other = col(Int64Array::from(
+            (0..n).map(|_| (next() % 500) as i64).collect::<Vec<_>>(),
+        ));
+        let value = col(Float64Array::from(
+            (0..n).map(|_| (next() % 100) as f64).collect::<Vec<_>>(),
+        ));
+        let at = col(Int64Array::from(
+            (0..n).map(|_| (next() % 600) as i64).collect::<Vec<_>>(),
+        ));
+        let spec = |keys: Vec<&'static str>, known_at: &'static str, windows: Vec<i64>, aggs: Vec<Agg>| {
+            (keys, known_at, windows, aggs)
+        };
+        let plans = [
+            spec(vec!["a"], "known", vec![10, 50], vec![Agg::Mean, Agg::Count]),
+            spec(vec!["a"], "known", vec![30], vec![Agg::Max]),
+            spec(vec!["a"], "other", vec![30], vec![Agg::Sum]),
+            spec(vec!["a", "b"], "known", vec![100], Agg::ALL.to_vec()),
+            spec(vec!["b"], "other", vec![0, 20], vec![Agg::Count, Agg::Max]),
+        ];
+        let column = |name: &str| -> &Chunks {
+            match name {
+                "a" => &a,
+                "b" => &b,
+                "known" => &known,
+                _ => &other,
+            }
+        };
+        let specs: Vec<WindowSpec<'_>> = plans
+            .iter()
+            .map(|(keys, known_at, windows, aggs)| WindowSpec {
+                keys: keys.iter().map(|k| column(k)).collect(),
+                known_at: column(known_at),
+                value: &value,
+                windows: windows.clone(),
+                aggs: aggs.clone(),
+            })
+            .collect();
+        let together = window_aggregates(&specs, &at).unwrap();
+        for (spec, shared) in specs.iter().zip(&together) {
+            let alone =
+                window_aggregate(&spec.keys, spec.known_at, spec.value, &at, &spec.windows, &spec.aggs).unwrap();
+            assert_eq!(shared.len(), alone.len());
+            for (x, y) in shared.iter().zip(&alone) {
+                assert_eq!(x.window, y.window);
+                for ((a1, c1), (a2, c2)) in x.columns.iter().zip(&y.columns) {
+                    assert_eq!((a1, c1.to_data()), (a2, c2.to_data()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn string_and_composite_keys_across_chunks() {
+        let a: Vec<ArrayRef> = vec![
+            Arc::new(arrow_array::StringViewArray::from(vec!["x", "y"])),
+            Arc::new(arrow_array::StringViewArray::from(vec![Some("x"), None, Some("x")])),
+        ];
+        let b = col(Int64Array::from(vec![1, 1, 1, 1, 2]));
+        let t = col(Int64Array::from(vec![0, 1, 2, 3, 4]));
+        let v = col(Float64Array::from(vec![1.0, 2.0, 3.0, 4.0, 5.0]));
+        let at = col(Int64Array::from(vec![10, 10, 10, 10, 10]));
+        let out = window_aggregate(&[&a, &b], &t, &v, &at, &[100], &[Agg::Count])
+            .unwrap()
+            .remove(0);
+        // (x,1) (y,1) (x,1) (null,1) (x,2): the two (x,1) rows see each other, (x,2) only itself
+        let count: Vec<Option<f64>> = out.columns[0].1.as_primitive::<Float64Type>().iter().collect();
+        assert_eq!(count, vec![Some(2.0), Some(1.0), Some(2.0), None, Some(1.0)]);
     }
 
     #[test]
@@ -338,7 +662,7 @@ mod tests {
                 w,
             );
             for (row, (count, sum, max)) in brute(&group, &known, &value, &at, w).into_iter().enumerate() {
-                assert_eq!(out.count.value(row), count, "count, row {row}, window {w}");
+                assert_eq!(out.count.value(row), count as f64, "count, row {row}, window {w}");
                 assert!((out.sum.value(row) - sum).abs() < 1e-9, "sum, row {row}, window {w}");
                 assert_eq!(
                     out.max.is_valid(row).then(|| out.max.value(row)),

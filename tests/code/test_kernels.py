@@ -6,7 +6,9 @@ frames, f32 and f64 values. A brute-force scan is the oracle for small frames.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -26,10 +28,18 @@ def test_the_extension_is_built_and_used() -> None:
 
 
 @st.composite
-def event_frames(draw: st.DrawFn) -> dict[str, pl.Series]:
+def event_frames(draw: st.DrawFn) -> dict[str, Any]:
     n = draw(st.integers(0, 60))
     maybe = lambda s: st.one_of(st.none(), s) if draw(st.booleans()) else s  # noqa: E731
-    groups = draw(st.lists(maybe(st.integers(-3, 3)), min_size=n, max_size=n))
+    keys = [pl.Series("k0", draw(st.lists(maybe(st.integers(-3, 3)), min_size=n, max_size=n)), dtype=pl.Int64)]
+    if draw(st.booleans()):  # a second key column, of strings
+        keys.append(
+            pl.Series(
+                "k1",
+                draw(st.lists(maybe(st.sampled_from(["a", "b", "a long key value"])), min_size=n, max_size=n)),
+                dtype=pl.String,
+            )
+        )
     known = draw(st.lists(maybe(st.integers(0, 40)), min_size=n, max_size=n))  # small range: many ties
     finite = st.floats(-1e6, 1e6)
     values = draw(
@@ -39,25 +49,26 @@ def event_frames(draw: st.DrawFn) -> dict[str, pl.Series]:
     at = [None if k is None or o is None else k + o for k, o in zip(known, offsets, strict=True)]
     dtype = draw(st.sampled_from([pl.Float32, pl.Float64]))
     return {
-        "group": pl.Series("group", groups, dtype=pl.Int64),
+        "keys": keys,
         "known_at": pl.Series("known_at", known, dtype=pl.Int64),
         "value": pl.Series("value", values, dtype=pl.Float64).cast(dtype),
         "at": pl.Series("at", at, dtype=pl.Int64),
     }
 
 
-def brute_force(frame: dict[str, pl.Series], window: int) -> list[tuple[int | None, float | None, float | None]]:
-    g, k, v, a = (frame[c].to_list() for c in ("group", "known_at", "value", "at"))
+def brute_force(frame: dict[str, Any], window: int) -> list[tuple[int | None, float | None, float | None]]:
+    keys = list(zip(*(k.to_list() for k in frame["keys"]), strict=True))
+    k, v, a = (frame[c].to_list() for c in ("known_at", "value", "at"))
     v = [None if x is None or math.isnan(x) else float(x) for x in v]
     out: list[tuple[int | None, float | None, float | None]] = []
-    for q in range(len(g)):
-        if g[q] is None or a[q] is None:
+    for q in range(len(keys)):
+        if None in keys[q] or a[q] is None:
             out.append((None, None, None))
             continue
         inside = [
             v[e]
-            for e in range(len(g))
-            if g[e] == g[q] and k[e] is not None and v[e] is not None and a[q] - window <= k[e] < a[q]
+            for e in range(len(keys))
+            if keys[e] == keys[q] and k[e] is not None and v[e] is not None and a[q] - window <= k[e] < a[q]
         ]
         out.append((len(inside), math.fsum(inside), max(inside) if inside else None))
     return out
@@ -69,20 +80,23 @@ def assert_close(left: pl.Series, right: pl.Series) -> None:
     np.testing.assert_allclose(both["l"].to_numpy(), both["r"].to_numpy(), rtol=1e-9, atol=1e-6, err_msg=left.name)
 
 
-@SETTINGS
-@given(frame=event_frames(), windows=st.lists(st.integers(0, 30), min_size=1, max_size=3, unique=True))
-def test_window_aggregate_rust_equals_polars_equals_brute_force(
-    frame: dict[str, pl.Series], windows: list[int]
-) -> None:
-    rust = kernels.window_aggregate(**frame, windows=windows, using="rust")
-    twin = kernels.window_aggregate(**frame, windows=windows, using="polars")
-    assert rust.columns == twin.columns == [f"{a}_{w}" for w in windows for a in ("count", "sum", "mean", "max")]
-    assert rust.height == twin.height == len(frame["group"])
+def assert_same_aggregates(rust: pl.DataFrame, twin: pl.DataFrame) -> None:
+    assert rust.columns == twin.columns and rust.height == twin.height
     for column in rust.columns:
         if column.startswith(("count", "max")):
             assert rust[column].to_list() == twin[column].to_list(), column  # exact
         else:
             assert_close(rust[column], twin[column])
+
+
+@SETTINGS
+@given(frame=event_frames(), windows=st.lists(st.integers(0, 30), min_size=1, max_size=3, unique=True))
+def test_window_aggregate_rust_equals_polars_equals_brute_force(frame: dict[str, Any], windows: list[int]) -> None:
+    rust = kernels.window_aggregate(**frame, windows=windows, using="rust")
+    twin = kernels.window_aggregate(**frame, windows=windows, using="polars")
+    assert rust.columns == [f"{a}_{w}" for w in windows for a in ("count", "sum", "mean", "max")]
+    assert rust.height == len(frame["at"])
+    assert_same_aggregates(rust, twin)
     for w in windows:
         for row, (count, total, top) in enumerate(brute_force(frame, w)):
             assert rust[f"count_{w}"][row] == count
@@ -91,47 +105,219 @@ def test_window_aggregate_rust_equals_polars_equals_brute_force(
                 assert math.isclose(rust[f"sum_{w}"][row], total, rel_tol=1e-9, abs_tol=1e-6)
 
 
+@SETTINGS
+@given(
+    frame=event_frames(),
+    other=st.integers(0, 5),
+    plans=st.lists(
+        st.tuples(
+            st.booleans(),  # the spec's known_at: the frame's, or another column
+            st.lists(st.integers(0, 30), min_size=1, max_size=2, unique=True),
+            st.lists(st.sampled_from(kernels.AGGS), min_size=1, max_size=4, unique=True),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+)
+def test_specs_sharing_columns_equal_each_alone(
+    frame: dict[str, Any], other: int, plans: list[tuple[bool, list[int], list[str]]]
+) -> None:
+    """Rust shares group ids and time sorts between specs that pass the same Series; the answers
+    must be those of each spec on its own, and the twin's."""
+    shifted = frame["known_at"] + other
+    specs = [
+        kernels.WindowSpec(frame["keys"], frame["known_at"] if same else shifted, frame["value"], windows, aggs)
+        for same, windows, aggs in plans
+    ]
+    together = kernels.window_aggregates(specs, frame["at"], using="rust")
+    twins = kernels.window_aggregates(specs, frame["at"], using="polars")
+    for spec, shared, twin in zip(specs, together, twins, strict=True):
+        alone = kernels.window_aggregate(spec.keys, spec.known_at, spec.value, frame["at"], spec.windows, spec.aggs)
+        assert shared.columns == [f"{a}_{w}" for w in spec.windows for a in spec.aggs]
+        assert shared.equals(alone)
+        assert_same_aggregates(shared, twin)
+
+
 @pytest.mark.parametrize("using", ["rust", "polars"])
 def test_window_aggregate_edges(using: kernels.Backend) -> None:
-    empty = {c: pl.Series(c, [], dtype=pl.Int64) for c in ("group", "known_at", "at")}
+    empty = {c: pl.Series(c, [], dtype=pl.Int64) for c in ("keys", "known_at", "at")}
     out = kernels.window_aggregate(**empty, value=pl.Series([], dtype=pl.Float64), windows=[5], using=using)
     assert out.shape == (0, 4)
     one = kernels.window_aggregate(
         pl.Series([7]), pl.Series([10]), pl.Series([2.5]), pl.Series([11]), windows=[1, 0], using=using
     )
     assert one.row(0) == (1, 2.5, 2.5, 2.5, 0, 0.0, None, None)
+    chosen = kernels.window_aggregate(
+        pl.Series([7, 7]), pl.Series([1, 2]), pl.Series([2.0, 4.0]), pl.Series([3, 3]), [5], ["max", "count"], using
+    )
+    assert chosen.columns == ["max_5", "count_5"] and chosen.row(0) == (4.0, 2)
+    # datetimes are read as microseconds since the epoch, in any time zone
+    t0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    times = pl.Series([t0, t0 + dt.timedelta(minutes=30)])
+    minutes = kernels.window_aggregate(
+        pl.Series(["a", "a"]), times, pl.Series([1.0, 2.0]), times, [3_600_000_000], ["count"], using
+    )
+    assert minutes["count_3600000000"].to_list() == [0, 1]
 
 
 @pytest.mark.parametrize("using", ["rust", "polars"])
 def test_window_aggregate_errors_name_the_input(using: kernels.Backend) -> None:
     ints, floats = pl.Series([1, 2]), pl.Series([1.0, 2.0])
-    with pytest.raises(FeatureError, match=r"known_at has 1 rows, expected 2 \(the length of group\)"):
+    with pytest.raises(FeatureError, match=r"known_at has 1 rows, expected 2 \(the length of keys\[0\]\)"):
         kernels.window_aggregate(ints, pl.Series([1]), floats, ints, windows=[1], using=using)
     with pytest.raises(FeatureError, match="windows must be >= 0"):
         kernels.window_aggregate(ints, ints, floats, ints, windows=[3, -1], using=using)
     with pytest.raises(FeatureError, match="value: cannot be read as Float64"):
         kernels.window_aggregate(ints, ints, pl.Series(["a", "b"]), ints, windows=[1], using=using)
+    with pytest.raises(FeatureError, match=r"aggs must be distinct names among .* got \['median'\]"):
+        kernels.window_aggregate(ints, ints, floats, ints, windows=[1], aggs=["median"], using=using)
+    with pytest.raises(FeatureError, match=r"keys\[0\] \('x'\): a key must be a string, integer"):
+        kernels.window_aggregate(pl.Series("x", [1.5, 2.5]), ints, floats, ints, windows=[1], using=using)
+    with pytest.raises(FeatureError, match="known_at: expected a datetime or integer column, got String"):
+        kernels.window_aggregate(ints, pl.Series(["a", "b"]), floats, ints, windows=[1], using=using)
+    with pytest.raises(FeatureError, match=r"specs\[1\]\.windows must be >= 0"):
+        spec = kernels.WindowSpec(ints, ints, floats, [1])
+        kernels.window_aggregates([spec, kernels.WindowSpec(ints, ints, floats, [-1])], ints, using=using)
 
 
 def test_the_extension_checks_types_itself() -> None:
-    """Called directly (not through tasks.kernels), rust_ext names the argument with the wrong type."""
+    """Called directly (not through tasks.kernels), rust_ext names the argument that is wrong."""
     import rust_ext
 
     ints = pl.Series([1, 2])
     with pytest.raises(TypeError, match="value: expected Float64, got Int64"):
-        rust_ext.window_aggregate(ints, ints, ints, ints, [1])
-    with pytest.raises(ValueError, match="at has 1 rows"):
-        rust_ext.window_aggregate(ints, ints, pl.Series([1.0, 2.0]), pl.Series([1]), [1])
+        rust_ext.window_aggregates([([ints], ints, ints, [1], ["count"])], ints)
+    with pytest.raises(TypeError, match=r"specs\[1\]\.known_at: expected Int64, got Float64"):
+        floats = pl.Series([1.0, 2.0])
+        rust_ext.window_aggregates([([ints], ints, floats, [1], ["sum"]), ([ints], floats, floats, [1], ["sum"])], ints)
+    with pytest.raises(ValueError, match=r"keys\[0\] has 1 rows, expected 2 \(the length of at\)"):
+        rust_ext.window_aggregates([([pl.Series([1])], ints, pl.Series([1.0, 2.0]), [1], ["sum"])], ints)
+    with pytest.raises(ValueError, match='unknown aggregate "median"'):
+        rust_ext.window_aggregates([([ints], ints, pl.Series([1.0, 2.0]), [1], ["median"])], ints)
+    with pytest.raises(TypeError, match=r"left_keys\[0\]: expected a string or integer array, got Float64"):
+        rust_ext.asof_index([pl.Series([1.0])], ints[:1], [pl.Series([1.0])], ints[:1], [], False, None)
 
 
 def test_chunked_input_is_read_whole() -> None:
-    """Polars hands over several chunks when a Series was appended to; the kernel joins them."""
+    """Polars hands over several chunks when a Series was appended to; the kernels read across them."""
     group = pl.Series([1, 1]).append(pl.Series([1, 1]))
     assert group.n_chunks() == 2
-    out = kernels.window_aggregate(
-        group, pl.Series([0, 1, 2, 3]), pl.Series([1.0, 2.0, 3.0, 4.0]), pl.Series([1, 2, 3, 4]), [10]
-    )
+    times = pl.Series([0, 1]).append(pl.Series([2, 3]))
+    out = kernels.window_aggregate(group, times, pl.Series([1.0, 2.0, 3.0, 4.0]), times + 1, [10])
     assert out["count_10"].to_list() == [1, 2, 3, 4]
+    index = kernels.asof_index(group, times, group, times, strict=True)
+    assert index.to_list() == [None, 0, 1, 2]
+
+
+# As-of and lookup indexes: keys with nulls (ints, or strings with a long one), times with ties and
+# nulls, tie-breaking columns with nulls, NaN and -0.0.
+@st.composite
+def join_frames(draw: st.DrawFn) -> dict[str, Any]:
+    def keys(n: int, kind: str) -> pl.Series:
+        if kind == "int":
+            return pl.Series(
+                draw(st.lists(st.one_of(st.none(), st.integers(0, 3)), min_size=n, max_size=n)), dtype=pl.Int32
+            )
+        words = st.sampled_from(["EWR", "JFK", "a key longer than twelve bytes"])
+        return pl.Series(draw(st.lists(st.one_of(st.none(), words), min_size=n, max_size=n)), dtype=pl.String)
+
+    kind = draw(st.sampled_from(["int", "str"]))
+    n_left, n_right = draw(st.integers(0, 30)), draw(st.integers(0, 30))
+    times = st.one_of(st.none(), st.integers(0, 12))
+    floats = st.one_of(st.none(), st.sampled_from([math.nan, -0.0, 0.0, 1.5, -2.0]))
+    return {
+        "left_keys": keys(n_left, kind),
+        "left_time": pl.Series(draw(st.lists(times, min_size=n_left, max_size=n_left)), dtype=pl.Int64),
+        "right_keys": keys(n_right, kind),
+        "right_time": pl.Series(draw(st.lists(times, min_size=n_right, max_size=n_right)), dtype=pl.Int64),
+        "order_by": [
+            pl.Series(draw(st.lists(floats, min_size=n_right, max_size=n_right)), dtype=pl.Float64),
+            pl.Series(
+                draw(st.lists(st.one_of(st.none(), st.sampled_from(["x", "y"])), min_size=n_right, max_size=n_right)),
+                dtype=pl.String,
+            ),
+        ][: draw(st.integers(0, 2))],
+    }
+
+
+def sort_key(value: Any) -> tuple[int, Any]:
+    """Ascending order with nulls greatest and NaN above every number (-0.0 == 0.0, as in Python)."""
+    if value is None:
+        return (2, 0)
+    if isinstance(value, float) and math.isnan(value):
+        return (1, 0)
+    return (0, value)
+
+
+def brute_asof(frame: dict[str, Any], strict: bool, tolerance: int | None) -> list[int | None]:
+    lk, lt, rk, rt = (frame[c].to_list() for c in ("left_keys", "left_time", "right_keys", "right_time"))
+    order = [c.to_list() for c in frame["order_by"]]
+    out: list[int | None] = []
+    for key, t in zip(lk, lt, strict=True):
+        candidates = [
+            r
+            for r in range(len(rk))
+            if key is not None
+            and t is not None
+            and rk[r] == key
+            and rt[r] is not None
+            and (rt[r] < t if strict else rt[r] <= t)
+            and (tolerance is None or t - rt[r] <= tolerance)
+        ]
+        if not candidates:
+            out.append(None)
+            continue
+        latest = max(rt[r] for r in candidates)
+        tied = [r for r in candidates if rt[r] == latest]
+        out.append(max(tied, key=lambda r: ([sort_key(c[r]) for c in order], r)))
+    return out
+
+
+@SETTINGS
+@given(frame=join_frames(), strict=st.booleans(), tolerance=st.one_of(st.none(), st.integers(0, 6)))
+def test_asof_index_rust_equals_polars_equals_brute_force(
+    frame: dict[str, Any], strict: bool, tolerance: int | None
+) -> None:
+    rust = kernels.asof_index(**frame, strict=strict, tolerance=tolerance, using="rust")
+    twin = kernels.asof_index(**frame, strict=strict, tolerance=tolerance, using="polars")
+    assert rust.dtype == twin.dtype == pl.UInt32
+    expected = brute_asof(frame, strict, tolerance)
+    assert rust.to_list() == expected
+    assert twin.to_list() == expected
+
+
+@SETTINGS
+@given(frame=join_frames())
+def test_lookup_index_takes_the_first_row_of_a_key(frame: dict[str, Any]) -> None:
+    left, right = frame["left_keys"].to_list(), frame["right_keys"].to_list()
+    expected = [None if k is None or k not in right else right.index(k) for k in left]
+    assert kernels.lookup_index(frame["left_keys"], frame["right_keys"]).to_list() == expected
+
+
+@pytest.mark.parametrize("using", ["rust", "polars"])
+def test_join_keys_and_times_are_checked(using: kernels.Backend) -> None:
+    ints, t = pl.Series([1, 2], dtype=pl.Int64), pl.Series([1, 2])
+    # integer keys of different widths are one type; composite keys pair up by position
+    narrow = pl.Series([2, 1], dtype=pl.Int16)
+    assert kernels.asof_index(ints, t, narrow, t, using=using).to_list() == [None, 0]  # key 1 is known at 2 only
+    assert kernels.asof_index(ints, t + 1, narrow, t, using=using).to_list() == [1, 0]
+    composite = [narrow, pl.Series(["b", "a"])]
+    assert kernels.asof_index([ints, pl.Series(["a", "b"])], t + 1, composite, t, using=using).to_list() == [1, 0]
+    assert kernels.lookup_index([ints, pl.Series(["a", "b"])], [narrow, pl.Series(["b", "a"])]).to_list() == [1, 0]
+    with pytest.raises(FeatureError, match="key column 0 is Int64 on the left but String on the right"):
+        kernels.asof_index(ints, t, pl.Series(["1", "2"]), t, using=using)
+    with pytest.raises(FeatureError, match="2 key column"):
+        kernels.asof_index([ints, ints], t, [ints], t, using=using)
+    utc = pl.Series([dt.datetime(2024, 1, 1)]).dt.replace_time_zone("UTC")
+    ny = utc.dt.convert_time_zone("America/New_York")
+    with pytest.raises(FeatureError, match="not times on the same clock"):
+        kernels.asof_index(pl.Series([1]), utc, pl.Series([1]), ny, using=using)
+    with pytest.raises(FeatureError, match="not times on the same clock"):
+        kernels.asof_index(pl.Series([1]), utc, pl.Series([1]), pl.Series([5]), using=using)
+    with pytest.raises(FeatureError, match="tolerance must be >= 0"):
+        kernels.asof_index(ints, t, ints, t, tolerance=-1, using=using)
+    with pytest.raises(FeatureError, match=r"order_by\[0\] has 1 rows, expected 2"):
+        kernels.asof_index(ints, t, ints, t, order_by=[pl.Series([1.0])], using=using)
 
 
 coordinates = st.lists(

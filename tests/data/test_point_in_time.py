@@ -97,6 +97,15 @@ def test_rows_after_prediction_time_do_not_change_features(
     assert_frame_equal(actual, expected, check_exact=False, rel_tol=1e-9, abs_tol=1e-9)
 
 
+def test_rust_kernels_and_their_twins_give_the_same_table(
+    setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole feature step on the real flights: identical with the Rust kernels and with the twins."""
+    monkeypatch.setenv("FUSION_KERNELS", "polars")
+    twins = build_features(setup["tables"], "flights", setup["spec"], setup["prediction"], None)
+    assert_frame_equal(twins, setup["full"], check_exact=False, rel_tol=1e-9, abs_tol=1e-9)
+
+
 def test_the_check_can_fail(setup: dict[str, Any]) -> None:
     """Guard against a vacuous test: a leaking feature (a mean over the next 3 h) is caught."""
     tables, spec = setup["tables"], setup["spec"]
