@@ -149,7 +149,6 @@ def online_state(
     for part, agg in zip(of_kind("rolling"), spec.rolling, strict=True):
         events = rolling_events(base, agg)
         groups = pl.DataFrame(events.keys).drop_nulls().unique(maintain_order=True)
-
         # the base rows are events that do not ask (no `at`); one row per group asks at as_of, no event
         asking = pl.repeat(as_of, groups.height, dtype=base.schema[PRED_TIME], eager=True)
         ask = pl.concat([pl.repeat(None, base.height, dtype=asking.dtype, eager=True), asking])

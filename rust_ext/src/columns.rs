@@ -12,11 +12,6 @@ pub fn rows(chunks: &Chunks) -> usize {
     chunks.iter().map(|c| c.len()).sum()
 }
 
-/// The column's values in row order, `None` where null.
-pub fn values<T: ArrowPrimitiveType>(chunks: &Chunks) -> impl Iterator<Item = Option<T::Native>> + '_ {
-    chunks.iter().flat_map(|c| c.as_primitive::<T>().iter())
-}
-
 /// Random access by row to a primitive column given as chunks, without joining them (a copy of every
 /// chunked input would cost as much memory as the input). Locating a row reads a table of which chunk
 /// each block of 4096 rows starts in, then steps forward over chunk ends: O(1) for chunks of any size.

@@ -21,7 +21,7 @@ use arrow_schema::{DataType, SortOptions};
 use rayon::prelude::*;
 
 use crate::columns::{Chunks, Column, KernelError, contiguous, expect_rows, expect_type};
-use crate::keys::{GroupRows, NO_GROUP, joint_group_ids};
+use crate::keys::{Grouped, NO_GROUP, joint_group_ids, rows_by_time};
 
 /// How an as-of join matches times.
 #[derive(Clone, Copy, Debug, Default)]
@@ -58,7 +58,7 @@ pub fn asof_index(
                 .map_err(|e| KernelError::Arrow(format!("order_by[{j}]: {e}")))?;
         }
     }
-    let sorted = GroupRows::by_time(&Column::<Int64Type>::new(right_time), &right, groups);
+    let sorted = rows_by_time(&Column::<Int64Type>::new(right_time), &right, groups);
     let latest = Latest::new(sorted, order_by)?;
 
     let times = Column::<Int64Type>::new(left_time);
@@ -68,12 +68,12 @@ pub fn asof_index(
         if g == NO_GROUP {
             return None;
         }
-        let (group_times, winners) = latest.group(g as usize);
-        let k = group_times.partition_point(|&x| if how.strict { x < t } else { x <= t });
-        let j = k.checked_sub(1)?;
+        let found = latest.group(g as usize);
+        let k = found.partition_point(|&(x, _)| if how.strict { x < t } else { x <= t });
+        let (time, row) = found[k.checked_sub(1)?];
         match how.tolerance {
-            Some(tol) if t.saturating_sub(group_times[j]) > tol => None,
-            _ => Some(winners[j]),
+            Some(tol) if t.saturating_sub(time) > tol => None,
+            _ => Some(row),
         }
     };
     Ok(indexes((0..left.len()).into_par_iter().with_min_len(4096).map(answer)))
@@ -86,30 +86,30 @@ fn indexes(answers: impl IndexedParallelIterator<Item = Option<u32>>) -> UInt32A
 
 /// Per group, its distinct right times ascending, and for each the winning row among those at it: the
 /// group's sorted right rows with each run of equal times collapsed to its winner, in place.
-struct Latest(GroupRows);
+struct Latest(Grouped<(i64, u32)>);
 
 impl Latest {
-    /// `sorted`: each group's right rows by (time, row); `order_by`: the columns that break ties (read
+    /// `sorted`: each group's right (time, row) sorted; `order_by`: the columns that break ties (read
     /// only when there is one).
-    fn new(mut sorted: GroupRows, order_by: &[&Chunks]) -> Result<Self, KernelError> {
+    fn new(mut sorted: Grouped<(i64, u32)>, order_by: &[&Chunks]) -> Result<Self, KernelError> {
         let mut tie: Option<TieBreak> = None;
-        let GroupRows { times, rows, start } = &mut sorted;
+        let Grouped { items, start } = &mut sorted;
         let mut kept = 0usize; // entries [0, kept) are final; reading never falls behind writing
         let mut group_start = 0usize;
         for g in 0..start.len() - 1 {
             for i in start[g]..start[g + 1] {
-                let (t, row) = (times[i], rows[i]);
+                let (t, row) = items[i];
                 // rows of one time come in row order: a later row wins unless order_by says otherwise
-                if kept > group_start && times[kept - 1] == t {
+                if kept > group_start && items[kept - 1].0 == t {
                     let tie = match &mut tie {
                         Some(tie) => tie,
                         none => none.insert(TieBreak::new(order_by)?),
                     };
-                    if tie.cmp(row as usize, rows[kept - 1] as usize) != Ordering::Less {
-                        rows[kept - 1] = row;
+                    if tie.cmp(row as usize, items[kept - 1].1 as usize) != Ordering::Less {
+                        items[kept - 1].1 = row;
                     }
                 } else {
-                    (times[kept], rows[kept]) = (t, row);
+                    items[kept] = (t, row);
                     kept += 1;
                 }
             }
@@ -119,12 +119,12 @@ impl Latest {
         if let Some(last) = start.last_mut() {
             *last = kept;
         }
-        times.truncate(kept);
-        rows.truncate(kept);
+        items.truncate(kept);
         Ok(Latest(sorted))
     }
 
-    fn group(&self, g: usize) -> (&[i64], &[u32]) {
+    /// Group g's distinct times and the winning row at each.
+    fn group(&self, g: usize) -> &[(i64, u32)] {
         self.0.group(g)
     }
 }

@@ -9,9 +9,10 @@
 //! the same key on the right, or `NO_GROUP` when the right table does not have it. That is what an
 //! as-of join needs; the right side is usually the small one.
 //!
-//! `GroupRows`: each group's rows in the order of a time column: by a stable counting sort of the rows
-//! sorted once by time (`time_order`), which several groupings can share, or by sorting each group.
+//! `Grouped`: items (a row and its time, an event's time and value) bucketed by group and sorted within
+//! each group, reading the columns in row order only.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -342,79 +343,52 @@ pub fn same_arrays(a: &Chunks, b: &Chunks) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_data().ptr_eq(&y.to_data()))
 }
 
-/// The rows with a time, as (time, row) sorted.
-pub fn time_order(times: &Column<'_, Int64Type>) -> Vec<(i64, u32)> {
-    let mut pairs: Vec<(i64, u32)> = times
-        .iter()
-        .enumerate()
-        .filter_map(|(row, t)| t.map(|t| (t, row as u32)))
-        .collect();
-    pairs.par_sort_unstable();
-    pairs
-}
-
-/// Rows bucketed by group, each group's rows (and their times) in time order. Rows without a group
-/// or a time are left out. The times travel with the rows so that sweeps over a group read memory in
-/// order.
-pub struct GroupRows {
-    pub times: Vec<i64>,
-    pub rows: Vec<u32>,
-    /// Group g's rows are `rows[start[g]..start[g + 1]]`.
+/// Items bucketed by group and sorted within each group: a stable counting sort on the group ids in
+/// row order (the columns are read in order, never by random access), then each group's slice sorted on
+/// its own, in parallel. Rows without a group, or without an item, are left out.
+pub struct Grouped<T> {
+    pub items: Vec<T>,
+    /// Group g's items are `items[start[g]..start[g + 1]]`.
     pub start: Vec<usize>,
 }
 
-impl GroupRows {
-    /// From a time order (`time_order`) by a stable counting sort on the group ids: one sort of the
-    /// times serves every grouping of the rows.
-    pub fn new(order: &[(i64, u32)], ids: &[u32], groups: usize) -> Self {
-        let start = bucket_starts(order.iter().map(|&(_, row)| ids[row as usize]), groups);
-        let mut fill = start.clone();
-        let mut times = vec![0i64; start[groups]];
-        let mut rows = vec![0u32; start[groups]];
-        for &(t, row) in order {
-            let g = ids[row as usize];
-            if g != NO_GROUP {
-                let at = fill[g as usize];
-                (times[at], rows[at]) = (t, row);
-                fill[g as usize] += 1;
+impl<T: Copy + Default + Send> Grouped<T> {
+    /// `items`: for each row in order, its item or None; `ids`: the rows' group ids.
+    pub fn new<I, F>(ids: &[u32], groups: usize, items: F, order: impl Fn(&T, &T) -> Ordering + Sync) -> Self
+    where
+        I: Iterator<Item = Option<T>>,
+        F: Fn() -> I,
+    {
+        let mut start = vec![0usize; groups + 1];
+        for (&g, item) in ids.iter().zip(items()) {
+            if g != NO_GROUP && item.is_some() {
+                start[g as usize + 1] += 1;
             }
         }
-        GroupRows { times, rows, start }
-    }
-
-    /// By bucketing the rows in row order, then sorting each group on its own (in parallel): cheaper
-    /// than one sort of all the rows when groups are many and nothing else shares the sort.
-    pub fn by_time(times: &Column<'_, Int64Type>, ids: &[u32], groups: usize) -> Self {
-        let timed = || {
-            ids.iter()
-                .zip(times.iter())
-                .filter_map(|(&g, t)| t.filter(|_| g != NO_GROUP).map(|t| (g, t)))
-        };
-        let start = bucket_starts(timed().map(|(g, _)| g), groups);
+        for g in 0..groups {
+            start[g + 1] += start[g];
+        }
         let mut fill = start.clone();
-        let mut pairs = vec![(0i64, 0u32); start[groups]];
-        for (row, (&g, t)) in ids.iter().zip(times.iter()).enumerate() {
-            if let (Some(t), true) = (t, g != NO_GROUP) {
-                pairs[fill[g as usize]] = (t, row as u32);
+        let mut all = vec![T::default(); start[groups]];
+        for (&g, item) in ids.iter().zip(items()) {
+            if let (Some(item), true) = (item, g != NO_GROUP) {
+                all[fill[g as usize]] = item;
                 fill[g as usize] += 1;
             }
         }
         let mut slices = Vec::with_capacity(groups);
-        let mut rest = pairs.as_mut_slice();
+        let mut rest = all.as_mut_slice();
         for g in 0..groups {
             let (this, tail) = rest.split_at_mut(start[g + 1] - start[g]);
             slices.push(this);
             rest = tail;
         }
-        slices.into_par_iter().for_each(|s| s.sort_unstable());
-        let (times, rows) = pairs.into_iter().unzip();
-        GroupRows { times, rows, start }
+        slices.into_par_iter().for_each(|s| s.sort_unstable_by(&order));
+        Grouped { items: all, start }
     }
 
-    /// Group g's times and rows.
-    pub fn group(&self, g: usize) -> (&[i64], &[u32]) {
-        let range = self.start[g]..self.start[g + 1];
-        (&self.times[range.clone()], &self.rows[range])
+    pub fn group(&self, g: usize) -> &[T] {
+        &self.items[self.start[g]..self.start[g + 1]]
     }
 
     pub fn groups(&self) -> usize {
@@ -422,18 +396,10 @@ impl GroupRows {
     }
 }
 
-/// Where each group's items start in a bucketed list, from the items' groups (`NO_GROUP` left out).
-fn bucket_starts(groups_of_items: impl Iterator<Item = u32>, groups: usize) -> Vec<usize> {
-    let mut start = vec![0usize; groups + 1];
-    for g in groups_of_items {
-        if g != NO_GROUP {
-            start[g as usize + 1] += 1;
-        }
-    }
-    for g in 0..groups {
-        start[g + 1] += start[g];
-    }
-    start
+/// Each group's rows with a time, as (time, row) sorted.
+pub fn rows_by_time(times: &Column<'_, Int64Type>, ids: &[u32], groups: usize) -> Grouped<(i64, u32)> {
+    let items = || times.iter().enumerate().map(|(row, t)| t.map(|t| (t, row as u32)));
+    Grouped::new(ids, groups, items, |a, b| a.cmp(b))
 }
 
 #[cfg(test)]
