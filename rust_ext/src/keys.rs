@@ -15,6 +15,7 @@
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Range;
 
 use arrow_array::builder::make_view;
 use arrow_array::cast::AsArray;
@@ -352,30 +353,62 @@ pub struct Grouped<T> {
     pub start: Vec<usize>,
 }
 
-impl<T: Copy + Default + Send> Grouped<T> {
-    /// `items`: for each row in order, its item or None; `ids`: the rows' group ids.
-    pub fn new<I, F>(ids: &[u32], groups: usize, items: F, order: impl Fn(&T, &T) -> Ordering + Sync) -> Self
-    where
-        I: Iterator<Item = Option<T>>,
-        F: Fn() -> I,
-    {
+impl<T: Copy + Default + Send + Sync> Grouped<T> {
+    /// `ids`: the rows' group ids; `item(row)`: the row's item, or None when the row has none.
+    pub fn new(
+        ids: &[u32],
+        groups: usize,
+        item: impl Fn(usize) -> Option<T> + Sync,
+        order: impl Fn(&T, &T) -> Ordering + Sync,
+    ) -> Self {
+        // Ranges of rows are counted and scattered in parallel, each into its own stretch of every
+        // group, so the result is the same as one pass in row order. Each range keeps a count per group:
+        // fewer ranges when groups are many.
+        let n = ids.len();
+        let parts = (rayon::current_num_threads() * 2)
+            .min(n.div_ceil(1 << 14))
+            .min((1 << 22) / (groups + 1))
+            .max(1);
+        let len = n.div_ceil(parts).max(1);
+        let ranges: Vec<Range<usize>> = (0..n).step_by(len).map(|s| s..(s + len).min(n)).collect();
+        let mut fills: Vec<Vec<usize>> = ranges
+            .par_iter()
+            .map(|rows| {
+                let mut count = vec![0usize; groups];
+                for row in rows.clone() {
+                    let g = ids[row];
+                    if g != NO_GROUP && item(row).is_some() {
+                        count[g as usize] += 1;
+                    }
+                }
+                count
+            })
+            .collect();
         let mut start = vec![0usize; groups + 1];
-        for (&g, item) in ids.iter().zip(items()) {
-            if g != NO_GROUP && item.is_some() {
-                start[g as usize + 1] += 1;
-            }
-        }
         for g in 0..groups {
-            start[g + 1] += start[g];
-        }
-        let mut fill = start.clone();
-        let mut all = vec![T::default(); start[groups]];
-        for (&g, item) in ids.iter().zip(items()) {
-            if let (Some(item), true) = (item, g != NO_GROUP) {
-                all[fill[g as usize]] = item;
-                fill[g as usize] += 1;
+            let mut at = start[g];
+            for fill in fills.iter_mut() {
+                (fill[g], at) = (at, at + fill[g]); // the range's count becomes where it starts writing
             }
+            start[g + 1] = at;
         }
+        let mut all = vec![T::default(); start[groups]];
+        let out = Shared(all.as_mut_ptr());
+        ranges.par_iter().zip(fills.par_iter_mut()).for_each(|(rows, fill)| {
+            for row in rows.clone() {
+                let g = ids[row];
+                if g == NO_GROUP {
+                    continue;
+                }
+                if let Some(x) = item(row) {
+                    // SAFETY: range p writes group g's items at fill[g] onwards, exactly as many as it
+                    // counted, into the stretch [start of p's part of g, start of p + 1's part of g) that no
+                    // other range touches; `all` has room for every counted item and outlives the scope.
+                    unsafe { out.at(fill[g as usize]).write(x) };
+                    fill[g as usize] += 1;
+                }
+            }
+        });
         let mut slices = Vec::with_capacity(groups);
         let mut rest = all.as_mut_slice();
         for g in 0..groups {
@@ -398,9 +431,28 @@ impl<T: Copy + Default + Send> Grouped<T> {
 
 /// Each group's rows with a time, as (time, row) sorted.
 pub fn rows_by_time(times: &Column<'_, Int64Type>, ids: &[u32], groups: usize) -> Grouped<(i64, u32)> {
-    let items = || times.iter().enumerate().map(|(row, t)| t.map(|t| (t, row as u32)));
-    Grouped::new(ids, groups, items, |a, b| a.cmp(b))
+    Grouped::new(
+        ids,
+        groups,
+        |row| times.get(row).map(|t| (t, row as u32)),
+        |a, b| a.cmp(b),
+    )
 }
+
+/// A pointer to write disjoint positions of one buffer from several threads.
+struct Shared<T>(*mut T);
+
+impl<T> Shared<T> {
+    /// # Safety
+    /// `i` is within the buffer and no other thread reads or writes position `i` meanwhile.
+    unsafe fn at(&self, i: usize) -> *mut T {
+        unsafe { self.0.add(i) }
+    }
+}
+
+// SAFETY: the writers promise disjoint positions (see `Shared::at`); T itself crosses threads.
+unsafe impl<T: Send> Send for Shared<T> {}
+unsafe impl<T: Send> Sync for Shared<T> {}
 
 #[cfg(test)]
 mod tests {
@@ -472,6 +524,37 @@ mod tests {
         let keys = col(StringArray::from(vec!["a", "b", "a"]));
         let (l, r, _) = joint_group_ids(&[&keys], &[&keys]).unwrap();
         assert_eq!(l, r);
+    }
+
+    #[test]
+    fn grouped_in_parallel_ranges_equals_one_pass_in_row_order() {
+        // enough rows for several ranges; some rows without a group, some without an item
+        let n = 200_000usize;
+        let mut s: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let ids: Vec<u32> = (0..n)
+            .map(|_| {
+                if next() % 10 == 0 {
+                    NO_GROUP
+                } else {
+                    (next() % 37) as u32
+                }
+            })
+            .collect();
+        let times: Vec<i64> = (0..n).map(|_| (next() % 1000) as i64).collect();
+        let item = |row: usize| (row % 7 != 3).then_some((times[row], row as u32));
+        let grouped = Grouped::new(&ids, 37, item, |a, b| a.cmp(b));
+        for g in 0..37 {
+            let mut expected: Vec<(i64, u32)> = (0..n).filter(|&r| ids[r] == g as u32).filter_map(item).collect();
+            expected.sort_unstable();
+            assert_eq!(grouped.group(g), expected.as_slice(), "group {g}");
+        }
+        assert_eq!(grouped.groups(), 37);
     }
 
     #[test]

@@ -160,13 +160,11 @@ pub fn window_aggregates(specs: &[WindowSpec<'_>], at: &Chunks) -> Result<Vec<Ve
                 // the spec's events: each group's (known_at, value) by time; a null or NaN value is no event
                 let known_at = Column::<Int64Type>::new(spec.known_at);
                 let value = Column::<Float64Type>::new(spec.value);
-                let items = || {
-                    known_at.iter().zip(value.iter()).map(|(t, v)| match (t, v) {
-                        (Some(t), Some(v)) if !v.is_nan() => Some((t, v)),
-                        _ => None,
-                    })
+                let event = |row: usize| match (known_at.get(row), value.get(row)) {
+                    (Some(t), Some(v)) if !v.is_nan() => Some((t, v)),
+                    _ => None,
                 };
-                let events = Grouped::new(&ids, groups, items, |a: &(i64, f64), b| a.0.cmp(&b.0));
+                let events = Grouped::new(&ids, groups, event, |a: &(i64, f64), b| a.0.cmp(&b.0));
                 let input = SweepInput {
                     queries: &queries,
                     events: &events,
