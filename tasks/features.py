@@ -92,8 +92,11 @@ def _columns(table: pl.DataFrame, name: str, columns: list[str], what: str) -> N
 
 
 def _gather(table: pl.DataFrame, index: pl.Series, columns: dict[str, str]) -> pl.DataFrame:
-    """The right rows an index points at (null where it is null), columns renamed."""
-    return pl.DataFrame([table[c].gather(index).alias(name) for c, name in columns.items()])
+    """The right rows an index points at (null where it is null), columns renamed. A small table is made
+    contiguous first: gathering from chunks costs twice as much (weather: 25 vs 11 ms), and copying a
+    table much smaller than the result costs next to nothing (a large one is gathered from its chunks)."""
+    picked = table.lazy().select(pl.col(c).alias(name) for c, name in columns.items()).collect()
+    return (picked.rechunk() if 4 * picked.height <= index.len() else picked)[index]
 
 
 def asof_features(
@@ -193,21 +196,20 @@ def previous_features(
     out = []
     for prev in spec.previous:
         try:
-            known = base.lazy().select(_sql(prev.known_at, "_t")).collect()["_t"]
+            events = base.lazy().select(_sql(prev.known_at, "_t"), *prev.columns).collect()
         except pl.exceptions.PolarsError as exc:
-            raise FeatureError(f"previous {prev.name!r}: known_at does not fit the table: {exc}") from exc
+            raise FeatureError(f"previous {prev.name!r}: known_at or columns do not fit the table: {exc}") from exc
         index = kernels.asof_index(
             [asking[b] for b in prev.by],
             asking[PRED_TIME],
             [base[b] for b in prev.by],
-            known,
+            events["_t"],
             strict=True,
-            order_by=[base[c] for c in prev.columns],
+            order_by=[events[c] for c in prev.columns],
         )
-        found = _gather(base, index, {c: f"{prev.name}_{c}" for c in prev.columns})
-        event_time = known.gather(index)
-        since = ((asking[PRED_TIME] - event_time).dt.total_seconds() / 60.0).alias(f"{prev.name}_minutes_since")
-        out.append(found.with_columns(since, *([event_time.alias("_t")] if keep_time else [])))
+        found = _gather(events, index, {c: f"{prev.name}_{c}" for c in prev.columns} | {"_t": "_t"})
+        since = ((asking[PRED_TIME] - found["_t"]).dt.total_seconds() / 60.0).alias(f"{prev.name}_minutes_since")
+        out.append(found.with_columns(since).select(pl.exclude("_t"), *(["_t"] if keep_time else [])))
     return out
 
 

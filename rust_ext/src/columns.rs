@@ -193,6 +193,21 @@ impl std::fmt::Display for KernelError {
 
 impl std::error::Error for KernelError {}
 
+/// A pointer to write disjoint positions of one buffer from several threads.
+pub struct Shared<T>(pub *mut T);
+
+impl<T> Shared<T> {
+    /// # Safety
+    /// `i` is within the buffer and no other thread reads or writes position `i` meanwhile.
+    pub unsafe fn at(&self, i: usize) -> *mut T {
+        unsafe { self.0.add(i) }
+    }
+}
+
+// SAFETY: the writers promise disjoint positions (see `Shared::at`); T itself crosses threads.
+unsafe impl<T: Send> Send for Shared<T> {}
+unsafe impl<T: Send> Sync for Shared<T> {}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -24,7 +24,7 @@ use arrow_array::{Array, ArrayRef, ArrowPrimitiveType};
 use arrow_schema::DataType;
 use rayon::prelude::*;
 
-use crate::columns::{Chunks, Column, KernelError, expect_rows, rows};
+use crate::columns::{Chunks, Column, KernelError, Shared, expect_rows, rows};
 
 /// The id of a row that has no group (a null key, or a left key the right table lacks).
 pub const NO_GROUP: u32 = u32::MAX;
@@ -438,21 +438,6 @@ pub fn rows_by_time(times: &Column<'_, Int64Type>, ids: &[u32], groups: usize) -
         |a, b| a.cmp(b),
     )
 }
-
-/// A pointer to write disjoint positions of one buffer from several threads.
-struct Shared<T>(*mut T);
-
-impl<T> Shared<T> {
-    /// # Safety
-    /// `i` is within the buffer and no other thread reads or writes position `i` meanwhile.
-    unsafe fn at(&self, i: usize) -> *mut T {
-        unsafe { self.0.add(i) }
-    }
-}
-
-// SAFETY: the writers promise disjoint positions (see `Shared::at`); T itself crosses threads.
-unsafe impl<T: Send> Send for Shared<T> {}
-unsafe impl<T: Send> Sync for Shared<T> {}
 
 #[cfg(test)]
 mod tests {

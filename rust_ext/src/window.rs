@@ -24,7 +24,7 @@ use arrow_buffer::NullBuffer;
 use arrow_schema::DataType;
 use rayon::prelude::*;
 
-use crate::columns::{Chunks, Column, KernelError, expect_rows, expect_type, rows};
+use crate::columns::{Chunks, Column, KernelError, Shared, expect_rows, expect_type, rows};
 use crate::keys::{Grouped, group_ids, rows_by_time, same_arrays};
 
 /// An aggregate over the events in a window.
@@ -144,14 +144,20 @@ pub fn window_aggregates(specs: &[WindowSpec<'_>], at: &Chunks) -> Result<Vec<Ve
     let key_sets = distinct(specs.iter().map(|s| s.keys.as_slice()), |a, b| {
         a.len() == b.len() && a.iter().zip(*b).all(|(x, y)| same_arrays(x, y))
     });
-    // One key set at a time, its group ids and queries (its groups' rows by the time they ask) built
-    // when it starts and dropped when its specs are done: the work inside runs on all cores, and only
-    // one key set's structures are alive at once (glibc keeps the high-water mark of what we allocate).
+    // Every key set's group ids up front, in parallel (4 bytes a row each); then one key set at a time,
+    // its queries (its groups' rows by the time they ask) built when it starts and dropped when its specs
+    // are done: the work inside runs on all cores, and only one key set's queries and events are alive
+    // at once (glibc keeps the high-water mark of what we allocate).
+    let ids = key_sets
+        .unique
+        .par_iter()
+        .map(|keys| group_ids(keys))
+        .collect::<Result<Vec<_>, _>>()?;
     let at = Column::<Int64Type>::new(at);
     let mut out: Vec<Vec<WindowColumns>> = specs.iter().map(|_| Vec::new()).collect();
-    for (set, keys) in key_sets.unique.iter().enumerate() {
-        let (ids, groups) = group_ids(keys)?;
-        let queries = rows_by_time(&at, &ids, groups);
+    for (set, (ids, groups)) in ids.iter().enumerate() {
+        let groups = *groups;
+        let queries = rows_by_time(&at, ids, groups);
         let users: Vec<usize> = (0..specs.len()).filter(|&i| key_sets.of[i] == set).collect();
         let swept: Vec<Vec<WindowColumns>> = users
             .par_iter()
@@ -164,7 +170,7 @@ pub fn window_aggregates(specs: &[WindowSpec<'_>], at: &Chunks) -> Result<Vec<Ve
                     (Some(t), Some(v)) if !v.is_nan() => Some((t, v)),
                     _ => None,
                 };
-                let events = Grouped::new(&ids, groups, event, |a: &(i64, f64), b| a.0.cmp(&b.0));
+                let events = Grouped::new(ids, groups, event, |a: &(i64, f64), b| a.0.cmp(&b.0));
                 let input = SweepInput {
                     queries: &queries,
                     events: &events,
@@ -233,6 +239,20 @@ struct SweepInput<'a> {
     events: &'a Grouped<(i64, f64)>,
 }
 
+/// Where a window's sweep writes: the requested aggregates and the two validity masks, by row.
+struct Writers {
+    count: Option<Shared<f64>>,
+    sum: Option<Shared<f64>>,
+    mean: Option<Shared<f64>>,
+    max: Option<Shared<f64>>,
+    asked: Shared<bool>,
+    seen: Shared<bool>,
+}
+
+fn writer(values: &mut [f64]) -> Option<Shared<f64>> {
+    (!values.is_empty()).then_some(Shared(values.as_mut_ptr()))
+}
+
 fn sweep(input: &SweepInput<'_>, n: usize, window: i64, aggs: &[Agg]) -> WindowColumns {
     // Plain values plus validity masks (1 byte a row), not Option<f64> (16 bytes a row); only what is asked.
     let wants = |a: Agg| aggs.contains(&a);
@@ -240,59 +260,20 @@ fn sweep(input: &SweepInput<'_>, n: usize, window: i64, aggs: &[Agg]) -> WindowC
     let mut sum = if wants(Agg::Sum) { vec![0f64; n] } else { Vec::new() };
     let mut mean = if wants(Agg::Mean) { vec![0f64; n] } else { Vec::new() };
     let mut max = if wants(Agg::Max) { vec![0f64; n] } else { Vec::new() };
-    let need_max = wants(Agg::Max);
     let mut asked = vec![false; n]; // count and sum valid
     let mut seen = vec![false; n]; // mean and max valid: a non-empty window
-
-    let mut maxima: VecDeque<(usize, f64)> = VecDeque::new(); // (position in the group's events, value), values decreasing
-    for g in 0..input.queries.groups() {
-        let events = input.events.group(g);
-        let (mut lo, mut hi) = (0usize, 0usize);
-        let mut total = CompensatedSum::default();
-        maxima.clear();
-        for &(t, row) in input.queries.group(g) {
-            while hi < events.len() && events[hi].0 < t {
-                let v = events[hi].1;
-                total.add(v);
-                if need_max {
-                    while maxima.back().is_some_and(|&(_, m)| m <= v) {
-                        maxima.pop_back();
-                    }
-                    maxima.push_back((hi, v));
-                }
-                hi += 1;
-            }
-            let lower = t.saturating_sub(window);
-            while lo < hi && events[lo].0 < lower {
-                total.add(-events[lo].1);
-                if maxima.front().is_some_and(|&(j, _)| j == lo) {
-                    maxima.pop_front();
-                }
-                lo += 1;
-            }
-            let k = hi - lo;
-            if k == 0 {
-                total = CompensatedSum::default(); // no drift carried into the next non-empty window
-            }
-            let row = row as usize;
-            asked[row] = true;
-            if !count.is_empty() {
-                count[row] = k as f64;
-            }
-            if k > 0 {
-                seen[row] = true;
-                if !sum.is_empty() {
-                    sum[row] = total.value();
-                }
-                if !mean.is_empty() {
-                    mean[row] = total.value() / k as f64;
-                }
-                if let Some(&(_, top)) = maxima.front() {
-                    max[row] = top;
-                }
-            }
-        }
-    }
+    let out = Writers {
+        count: writer(&mut count),
+        sum: writer(&mut sum),
+        mean: writer(&mut mean),
+        max: writer(&mut max),
+        asked: Shared(asked.as_mut_ptr()),
+        seen: Shared(seen.as_mut_ptr()),
+    };
+    // Groups are independent: swept in parallel, each writing only its own rows.
+    (0..input.queries.groups())
+        .into_par_iter()
+        .for_each_init(VecDeque::new, |maxima, g| sweep_group(input, g, window, &out, maxima));
     let (asked, seen) = (NullBuffer::from(asked), NullBuffer::from(seen));
     let columns = aggs
         .iter()
@@ -310,6 +291,58 @@ fn sweep(input: &SweepInput<'_>, n: usize, window: i64, aggs: &[Agg]) -> WindowC
         })
         .collect();
     WindowColumns { window, columns }
+}
+
+/// One group's queries against its events: two monotone pointers bound the events in [T - window, T).
+fn sweep_group(input: &SweepInput<'_>, g: usize, window: i64, out: &Writers, maxima: &mut VecDeque<(usize, f64)>) {
+    let events = input.events.group(g);
+    let (mut lo, mut hi) = (0usize, 0usize);
+    let mut total = CompensatedSum::default();
+    maxima.clear(); // (position in the group's events, value), values decreasing
+    for &(t, row) in input.queries.group(g) {
+        while hi < events.len() && events[hi].0 < t {
+            let v = events[hi].1;
+            total.add(v);
+            if out.max.is_some() {
+                while maxima.back().is_some_and(|&(_, m)| m <= v) {
+                    maxima.pop_back();
+                }
+                maxima.push_back((hi, v));
+            }
+            hi += 1;
+        }
+        let lower = t.saturating_sub(window);
+        while lo < hi && events[lo].0 < lower {
+            total.add(-events[lo].1);
+            if maxima.front().is_some_and(|&(j, _)| j == lo) {
+                maxima.pop_front();
+            }
+            lo += 1;
+        }
+        let k = hi - lo;
+        if k == 0 {
+            total = CompensatedSum::default(); // no drift carried into the next non-empty window
+        }
+        let row = row as usize;
+        let write = |to: &Option<Shared<f64>>, value: f64| {
+            if let Some(to) = to {
+                // SAFETY: `row` < n (a row of the input) and it is asked once, by this group's query:
+                // no other group's task writes it.
+                unsafe { to.at(row).write(value) }
+            }
+        };
+        // SAFETY: as above, for the masks.
+        unsafe { out.asked.at(row).write(true) };
+        write(&out.count, k as f64);
+        if k > 0 {
+            unsafe { out.seen.at(row).write(true) };
+            write(&out.sum, total.value());
+            write(&out.mean, total.value() / k as f64);
+            if let Some(&(_, top)) = maxima.front() {
+                write(&out.max, top);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
