@@ -20,8 +20,8 @@ use arrow_ord::ord::{DynComparator, make_comparator};
 use arrow_schema::{DataType, SortOptions};
 use rayon::prelude::*;
 
-use crate::columns::{Chunks, Column, KernelError, contiguous, expect_rows, expect_type};
-use crate::keys::{Grouped, NO_GROUP, joint_group_ids, rows_by_time};
+use crate::columns::{Chunks, Column, KernelError, Shared, contiguous, expect_rows, expect_type};
+use crate::keys::{Grouped, joint_group_ids, rows_by_time};
 
 /// How an as-of join matches times.
 #[derive(Clone, Copy, Debug, Default)]
@@ -61,27 +61,33 @@ pub fn asof_index(
     let sorted = rows_by_time(&Column::<Int64Type>::new(right_time), &right, groups);
     let latest = Latest::new(sorted, order_by)?;
 
+    // Each group's asking rows by time, swept against the group's right times with one pointer: the
+    // group's right rows stay in cache, where a search per row in row order would jump between groups.
     let times = Column::<Int64Type>::new(left_time);
-    let answer = |i: usize| -> Option<u32> {
-        let g = left[i];
-        let t = times.get(i)?;
-        if g == NO_GROUP {
-            return None;
+    let asking = rows_by_time(&times, &left, groups);
+    let n = left.len();
+    let (mut found, mut valid) = (vec![0u32; n], vec![false; n]);
+    let (found_at, valid_at) = (Shared(found.as_mut_ptr()), Shared(valid.as_mut_ptr()));
+    (0..groups).into_par_iter().for_each(|g| {
+        let right = latest.group(g);
+        let mut k = 0; // right[..k] are at or before (strictly before) the current time
+        for &(t, row) in asking.group(g) {
+            while k < right.len() && (right[k].0 < t || (!how.strict && right[k].0 == t)) {
+                k += 1;
+            }
+            let Some(&(time, winner)) = k.checked_sub(1).map(|j| &right[j]) else {
+                continue;
+            };
+            if how.tolerance.is_none_or(|tol| t.saturating_sub(time) <= tol) {
+                // SAFETY: `row` < n, and each left row is asked once, in its own group's task.
+                unsafe {
+                    found_at.at(row as usize).write(winner);
+                    valid_at.at(row as usize).write(true);
+                }
+            }
         }
-        let found = latest.group(g as usize);
-        let k = found.partition_point(|&(x, _)| if how.strict { x < t } else { x <= t });
-        let (time, row) = found[k.checked_sub(1)?];
-        match how.tolerance {
-            Some(tol) if t.saturating_sub(time) > tol => None,
-            _ => Some(row),
-        }
-    };
-    Ok(indexes((0..left.len()).into_par_iter().with_min_len(4096).map(answer)))
-}
-
-fn indexes(answers: impl IndexedParallelIterator<Item = Option<u32>>) -> UInt32Array {
-    let (values, valid): (Vec<u32>, Vec<bool>) = answers.map(|a| (a.unwrap_or(0), a.is_some())).unzip();
-    UInt32Array::new(values.into(), Some(NullBuffer::from(valid)))
+    });
+    Ok(UInt32Array::new(found.into(), Some(NullBuffer::from(valid))))
 }
 
 /// Per group, its distinct right times ascending, and for each the winning row among those at it: the

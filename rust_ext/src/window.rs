@@ -144,10 +144,11 @@ pub fn window_aggregates(specs: &[WindowSpec<'_>], at: &Chunks) -> Result<Vec<Ve
     let key_sets = distinct(specs.iter().map(|s| s.keys.as_slice()), |a, b| {
         a.len() == b.len() && a.iter().zip(*b).all(|(x, y)| same_arrays(x, y))
     });
-    // Every key set's group ids up front, in parallel (4 bytes a row each); then one key set at a time,
-    // its queries (its groups' rows by the time they ask) built when it starts and dropped when its specs
-    // are done: the work inside runs on all cores, and only one key set's queries and events are alive
-    // at once (glibc keeps the high-water mark of what we allocate).
+    // Every key set's group ids up front, in parallel (4 bytes a row each). Then one key set at a time,
+    // one spec at a time, one window at a time, each step parallel inside (bucketing by row ranges, sorts
+    // and sweeps by group): only one key set's queries and one spec's events are alive at once, and every
+    // large buffer is allocated on this thread. (glibc keeps each thread's heap at its high-water mark:
+    // buffers freed in a worker's heap cannot serve the next allocation made in another.)
     let ids = key_sets
         .unique
         .par_iter()
@@ -158,31 +159,20 @@ pub fn window_aggregates(specs: &[WindowSpec<'_>], at: &Chunks) -> Result<Vec<Ve
     for (set, (ids, groups)) in ids.iter().enumerate() {
         let groups = *groups;
         let queries = rows_by_time(&at, ids, groups);
-        let users: Vec<usize> = (0..specs.len()).filter(|&i| key_sets.of[i] == set).collect();
-        let swept: Vec<Vec<WindowColumns>> = users
-            .par_iter()
-            .map(|&i| {
-                let spec = &specs[i];
-                // the spec's events: each group's (known_at, value) by time; a null or NaN value is no event
-                let known_at = Column::<Int64Type>::new(spec.known_at);
-                let value = Column::<Float64Type>::new(spec.value);
-                let event = |row: usize| match (known_at.get(row), value.get(row)) {
-                    (Some(t), Some(v)) if !v.is_nan() => Some((t, v)),
-                    _ => None,
-                };
-                let events = Grouped::new(ids, groups, event, |a: &(i64, f64), b| a.0.cmp(&b.0));
-                let input = SweepInput {
-                    queries: &queries,
-                    events: &events,
-                };
-                spec.windows
-                    .par_iter()
-                    .map(|&w| sweep(&input, n, w, &spec.aggs))
-                    .collect()
-            })
-            .collect();
-        for (&i, columns) in users.iter().zip(swept) {
-            out[i] = columns;
+        for (i, spec) in specs.iter().enumerate().filter(|&(i, _)| key_sets.of[i] == set) {
+            // the spec's events: each group's (known_at, value) by time; a null or NaN value is no event
+            let known_at = Column::<Int64Type>::new(spec.known_at);
+            let value = Column::<Float64Type>::new(spec.value);
+            let event = |row: usize| match (known_at.get(row), value.get(row)) {
+                (Some(t), Some(v)) if !v.is_nan() => Some((t, v)),
+                _ => None,
+            };
+            let events = Grouped::new(ids, groups, event, |a: &(i64, f64), b| a.0.cmp(&b.0));
+            let input = SweepInput {
+                queries: &queries,
+                events: &events,
+            };
+            out[i] = spec.windows.iter().map(|&w| sweep(&input, n, w, &spec.aggs)).collect();
         }
     }
     Ok(out)
