@@ -3,8 +3,9 @@
     python -m benchmarks.features --write docs/BENCHMARKS.md     (what `make bench-features` runs)
 
 Each case runs in a fresh process (so one case's memory does not count against the next): the
-inputs are generated, then the kernel is timed (best of --repeat) and the process's resident memory
-is sampled every 2 ms during the call; "peak extra" is the highest RSS seen minus the RSS before it.
+inputs are generated, the allocators are given 2 s to return what the setup freed, then the kernel is
+timed (best of --repeat) and the process's resident memory is sampled every 2 ms during the calls;
+"peak extra" is the highest RSS seen minus the RSS before them.
 Cases: the windowed per-group aggregate (count/sum/mean/max over 1 h and 24 h, strictly before each
 row's time), the as-of join index, the cross hash of two string columns and haversine distance at 1 M
 and 10 M rows, and the whole feature step on the real flights data: Rust kernels vs the twins vs a
@@ -15,7 +16,10 @@ benchmark stops.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import datetime as dt
+import gc
 import json
 import os
 import subprocess
@@ -40,8 +44,20 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def settle() -> None:
+    """Let the allocators give back what the setup freed, so that it does not count as free room for the
+    call: Python's garbage, glibc's free heap (malloc_trim), and polars' jemalloc, which returns freed
+    pages after its decay time (polars sets 0.5 s dirty + 1 s muzzy). Without this, a call could reuse
+    memory the data loading had just freed, and its peak would read lower than what it allocates."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    time.sleep(2.0)
+
+
 def measured(call: Callable[[], Any], repeat: int) -> dict[str, float]:
-    """Best wall time over `repeat` calls, and the peak RSS above the starting RSS during them."""
+    """Best wall time over `repeat` calls, and the peak RSS above the settled RSS before them."""
+    settle()
     before, peak, done = rss_bytes(), [0], threading.Event()
 
     def sample() -> None:
@@ -253,7 +269,9 @@ def report(results: list[dict[str, Any]]) -> str:
         "",
         f"Measured {dt.date.today().isoformat()} on {machine()}.",
         "Command: `make bench-features`. Each case in a fresh process; time = best of the repeats; peak extra =",
-        "highest RSS during the call minus RSS before it (sampled every 2 ms). Windowed aggregate: count, sum,",
+        "highest RSS during the calls minus RSS before them (sampled every 2 ms), the baseline read after the",
+        "setup's freed memory was returned (gc, glibc malloc_trim, 2 s for polars' jemalloc decay), so that a",
+        "call cannot reuse it unseen. Windowed aggregate: count, sum,",
         f"mean and max over 1 h and 24 h windows, {GROUPS} groups, unsorted times over a year, strictly before",
         "each row's time. As-of index: each row asks, at a time over a year, for the latest of rows / 10",
         f"observations of its group ({GROUPS} groups) at most 3 h old. The pandas versions are the",

@@ -208,6 +208,18 @@ impl<T> Shared<T> {
 unsafe impl<T: Send> Send for Shared<T> {}
 unsafe impl<T: Send> Sync for Shared<T> {}
 
+/// A small deterministic pseudo-random sequence (xorshift64) for the crate's tests.
+#[cfg(test)]
+pub fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut s = seed;
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

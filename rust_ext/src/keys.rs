@@ -20,7 +20,7 @@ use std::ops::Range;
 use arrow_array::builder::make_view;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type, UInt32Type, UInt64Type};
-use arrow_array::{Array, ArrayRef, ArrowPrimitiveType};
+use arrow_array::{Array, ArrayRef, ArrowPrimitiveType, GenericStringArray, OffsetSizeTrait};
 use arrow_schema::DataType;
 use rayon::prelude::*;
 
@@ -140,26 +140,8 @@ impl<'a> ValueIds<'a> {
                         out.push(if valid(i) { self.id(value, insert) } else { NO_GROUP });
                     }
                 }
-                DataType::Utf8 => {
-                    let a = chunk.as_string::<i32>();
-                    for i in 0..a.len() {
-                        out.push(if valid(i) {
-                            self.id(bytes(a.value(i).as_bytes()), insert)
-                        } else {
-                            NO_GROUP
-                        });
-                    }
-                }
-                DataType::LargeUtf8 => {
-                    let a = chunk.as_string::<i64>();
-                    for i in 0..a.len() {
-                        out.push(if valid(i) {
-                            self.id(bytes(a.value(i).as_bytes()), insert)
-                        } else {
-                            NO_GROUP
-                        });
-                    }
-                }
+                DataType::Utf8 => self.strings_of(chunk.as_string::<i32>(), insert, out),
+                DataType::LargeUtf8 => self.strings_of(chunk.as_string::<i64>(), insert, out),
                 DataType::Int8 => self.ints_of::<Int8Type>(chunk, insert, out),
                 DataType::Int16 => self.ints_of::<Int16Type>(chunk, insert, out),
                 DataType::Int32 => self.ints_of::<Int32Type>(chunk, insert, out),
@@ -172,6 +154,16 @@ impl<'a> ValueIds<'a> {
                 DataType::UInt64 => self.ints_of::<UInt64Type>(chunk, insert, out),
                 other => unreachable!("key type {other} passed the check"),
             }
+        }
+    }
+
+    fn strings_of<O: OffsetSizeTrait>(&mut self, a: &'a GenericStringArray<O>, insert: bool, out: &mut Vec<u32>) {
+        for i in 0..a.len() {
+            out.push(if a.is_valid(i) {
+                self.id(bytes(a.value(i).as_bytes()), insert)
+            } else {
+                NO_GROUP
+            });
         }
     }
 
@@ -515,13 +507,7 @@ mod tests {
     fn grouped_in_parallel_ranges_equals_one_pass_in_row_order() {
         // enough rows for several ranges; some rows without a group, some without an item
         let n = 200_000usize;
-        let mut s: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut next = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
+        let mut next = crate::columns::xorshift(0x9E37_79B9_7F4A_7C15);
         let ids: Vec<u32> = (0..n)
             .map(|_| {
                 if next() % 10 == 0 {

@@ -538,13 +538,7 @@ mod tests {
 
     #[test]
     fn specs_sharing_columns_give_what_each_gives_alone() {
-        let mut s: u64 = 0x2545_F491_4F6C_DD1D;
-        let mut next = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
+        let mut next = crate::columns::xorshift(0x2545_F491_4F6C_DD1D);
         let n = 3000;
         let a = col(Int64Array::from(
             (0..n).map(|_| (next() % 7) as i64).collect::<Vec<_>>(),
@@ -629,13 +623,7 @@ mod tests {
     #[test]
     fn matches_a_brute_force_scan_with_duplicate_times() {
         // a small deterministic pseudo-random frame (xorshift), many equal timestamps
-        let mut s: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut next = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
+        let mut next = crate::columns::xorshift(0x9E37_79B9_7F4A_7C15);
         let n = 400;
         let group: Vec<i64> = (0..n).map(|_| (next() % 5) as i64).collect();
         let known: Vec<i64> = (0..n).map(|_| (next() % 60) as i64).collect();
