@@ -170,14 +170,17 @@ def window_aggregate(
 def window_aggregates(
     specs: Sequence[WindowSpec], at: pl.Series | Sequence[Any], using: Backend | None = None
 ) -> list[pl.DataFrame]:
-    """`window_aggregate` for several specs over the same rows, asking at the same times. Rust shares
-    the work of specs that pass the same Series (keys, known_at): group ids once, each time sorted once."""
-    asked = _times("at", _as_series("at", at))
+    """`window_aggregate` for several specs over the same rows, asking at the same times. In Rust, specs
+    that pass the same key Series share their group ids and each group's queries sorted by time."""
+    at = _as_series("at", at)
+    asked = _times("at", at)
     prepared = []
     for i, spec in enumerate(specs):
         name = "" if len(specs) == 1 else f"specs[{i}]."
         keys = _keys(f"{name}keys", spec.keys)
-        known_at = _times(f"{name}known_at", _as_series("known_at", spec.known_at))
+        known = _as_series("known_at", spec.known_at)
+        _same_clock((f"{name}known_at", known), ("at", at))
+        known_at = _times(f"{name}known_at", known)
         value = _series(f"{name}value", spec.value, pl.Float64)
         _same_length({f"{name}keys[0]": keys[0], f"{name}known_at": known_at, f"{name}value": value, "at": asked})
         negative = [w for w in spec.windows if w < 0]

@@ -173,6 +173,9 @@ def test_window_aggregate_errors_name_the_input(using: kernels.Backend) -> None:
         kernels.window_aggregate(ints, ints, floats, ints, windows=[1], aggs=["median"], using=using)
     with pytest.raises(FeatureError, match=r"keys\[0\] \('x'\): a key must be a string, integer"):
         kernels.window_aggregate(pl.Series("x", [1.5, 2.5]), ints, floats, ints, windows=[1], using=using)
+    t0 = pl.Series([dt.datetime(2024, 1, 1)] * 2)
+    with pytest.raises(FeatureError, match=r"known_at .* and at .* are not times on the same clock"):
+        kernels.window_aggregate(ints, t0, floats, ints, windows=[1], using=using)
     with pytest.raises(FeatureError, match="known_at: expected a datetime or integer column, got String"):
         kernels.window_aggregate(ints, pl.Series(["a", "b"]), floats, ints, windows=[1], using=using)
     with pytest.raises(FeatureError, match=r"specs\[1\]\.windows must be >= 0"):
