@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Float64Type;
-use arrow_array::{Array, ArrayRef, new_empty_array};
+use arrow_array::{Array, ArrayRef};
 use arrow_schema::{DataType, Field};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -56,11 +56,7 @@ fn contiguous_of(name: &str, input: AnyArray, accepted: &[DataType], wanted: &st
     if !accepted.contains(dtype) {
         return Err(PyTypeError::new_err(format!("{name}: expected {wanted}, got {dtype}")).into());
     }
-    Ok(match chunks.len() {
-        0 => new_empty_array(dtype),
-        1 => chunks[0].clone(),
-        _ => arrow_select::concat::concat(&chunks.iter().map(|c| c.as_ref()).collect::<Vec<&dyn Array>>())?,
-    })
+    Ok(columns::contiguous(&chunks, dtype).map_err(py_error)?)
 }
 
 fn named(name: String, array: ArrayRef) -> PyArray {

@@ -518,22 +518,9 @@ mod tests {
             .remove(0);
         let names: Vec<Agg> = out.columns.iter().map(|(a, _)| *a).collect();
         assert_eq!(names, vec![Agg::Max, Agg::Mean]);
-        assert_eq!(
-            out.columns[0]
-                .1
-                .as_primitive::<Float64Type>()
-                .iter()
-                .collect::<Vec<_>>(),
-            vec![None, Some(4.0), Some(4.0)]
-        );
-        assert_eq!(
-            out.columns[1]
-                .1
-                .as_primitive::<Float64Type>()
-                .iter()
-                .collect::<Vec<_>>(),
-            vec![None, Some(4.0), Some(3.0)]
-        );
+        let column = |i: usize| -> Vec<Option<f64>> { out.columns[i].1.as_primitive::<Float64Type>().iter().collect() };
+        assert_eq!(column(0), vec![None, Some(4.0), Some(4.0)]);
+        assert_eq!(column(1), vec![None, Some(4.0), Some(3.0)]);
     }
 
     #[test]
