@@ -85,17 +85,18 @@ def cross_features(spec: FeatureSpec) -> list[pl.Expr]:
     ]
 
 
-def _columns(table: pl.DataFrame, name: str, columns: list[str], what: str) -> None:
+def _require_columns(table: pl.DataFrame, name: str, columns: list[str], what: str) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise FeatureError(f"{what}: table {name!r} has no column(s) {missing}")
 
 
 def _gather(table: pl.DataFrame, index: pl.Series, columns: dict[str, str]) -> pl.DataFrame:
-    """The right rows an index points at (null where it is null), columns renamed. A small table is made
+    """The right rows an index points at (null where it is null), as `columns` (name -> source column:
+    one source may feed several names). A small table is made
     contiguous first: gathering from chunks costs twice as much (weather: 25 vs 11 ms), and copying a
     table much smaller than the result costs next to nothing (a large one is gathered from its chunks)."""
-    picked = table.lazy().select(pl.col(c).alias(name) for c, name in columns.items()).collect()
+    picked = table.lazy().select(pl.col(source).alias(name) for name, source in columns.items()).collect()
     return (picked.rechunk() if 4 * picked.height <= index.len() else picked)[index]
 
 
@@ -107,14 +108,14 @@ def asof_features(
     need it). The index comes from tasks/kernels.py (Rust or its twin); the columns are gathered by it."""
     out = []
     for join in spec.asof:
-        what = f"as-of join {join.prefix}*"
         right = tables[join.table]
-        _columns(right, join.table, [join.right_on, join.right_time, *join.columns], what)
+        needed = [join.right_on, join.right_time, *join.columns]
+        _require_columns(right, join.table, needed, f"as-of join {join.prefix}*")
         tolerance = join.tolerance_minutes * 60_000_000 if join.tolerance_minutes else None
         index = kernels.asof_index(
             base[join.left_on], base[PRED_TIME], right[join.right_on], right[join.right_time], tolerance=tolerance
         )
-        columns = {c: f"{join.prefix}{c}" for c in join.columns} | ({join.right_time: "_t"} if keep_time else {})
+        columns = {f"{join.prefix}{c}": c for c in join.columns} | ({"_t": join.right_time} if keep_time else {})
         out.append(_gather(right, index, columns))
     return out
 
@@ -124,9 +125,9 @@ def lookup_features(base: pl.DataFrame, tables: dict[str, pl.DataFrame], spec: F
     out = []
     for join in spec.lookups:
         right = tables[join.table]
-        _columns(right, join.table, [join.right_on, *join.columns], f"lookup {list(join.columns.values())}")
+        _require_columns(right, join.table, [join.right_on, *join.columns], f"lookup {list(join.columns.values())}")
         index = kernels.lookup_index(base[join.left_on], right[join.right_on])
-        out.append(_gather(right, index, dict(join.columns)))
+        out.append(_gather(right, index, {name: source for source, name in join.columns.items()}))
     return out
 
 
@@ -207,7 +208,7 @@ def previous_features(
             strict=True,
             order_by=[events[c] for c in prev.columns],
         )
-        found = _gather(events, index, {c: f"{prev.name}_{c}" for c in prev.columns} | {"_t": "_t"})
+        found = _gather(events, index, {f"{prev.name}_{c}": c for c in prev.columns} | {"_t": "_t"})
         since = ((asking[PRED_TIME] - found["_t"]).dt.total_seconds() / 60.0).alias(f"{prev.name}_minutes_since")
         out.append(found.with_columns(since).select(pl.exclude("_t"), *(["_t"] if keep_time else [])))
     return out

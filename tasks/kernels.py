@@ -122,15 +122,17 @@ def _times(name: str, values: pl.Series) -> pl.Series:
     raise FeatureError(f"{name}: expected a datetime or integer column, got {dtype}")
 
 
+def _clock(dtype: pl.DataType) -> tuple[bool, str | None]:
+    """Whether a column holds times (datetimes or dates, read as µs since the epoch) and their time zone."""
+    if isinstance(dtype, pl.Datetime):
+        return True, dtype.time_zone
+    return dtype == pl.Date, None
+
+
 def _same_clock(left: tuple[str, pl.Series], right: tuple[str, pl.Series]) -> None:
     """Two time columns can be compared: both integers, or both datetimes in the same time zone."""
     (a, x), (b, y) = left, right
-    kinds = [
-        ("datetime", t.time_zone) if isinstance(t, pl.Datetime) else ("date", None) if t == pl.Date else (str(t), None)
-        for t in (x.dtype, y.dtype)
-    ]
-    temporal = [k[0] in ("datetime", "date") for k in kinds]
-    if temporal[0] != temporal[1] or (all(temporal) and kinds[0][1] != kinds[1][1]):
+    if _clock(x.dtype) != _clock(y.dtype):
         raise FeatureError(f"{a} ({x.dtype}) and {b} ({y.dtype}) are not times on the same clock")
 
 

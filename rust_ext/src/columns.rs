@@ -46,19 +46,6 @@ impl<'a, T: ArrowPrimitiveType> Column<'a, T> {
         Column { chunks, start, block }
     }
 
-    pub fn len(&self) -> usize {
-        *self.start.last().expect("a start")
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The values in row order, `None` where null.
-    pub fn iter(&self) -> impl Iterator<Item = Option<T::Native>> + '_ {
-        self.chunks.iter().flat_map(|c| c.iter())
-    }
-
     #[inline]
     fn locate(&self, row: usize) -> (&'a PrimitiveArray<T>, usize) {
         if let [only] = self.chunks.as_slice() {
@@ -69,19 +56,6 @@ impl<'a, T: ArrowPrimitiveType> Column<'a, T> {
             c += 1;
         }
         (self.chunks[c], row - self.start[c])
-    }
-
-    /// The value of a row (whatever the array holds there when the row is null).
-    #[inline]
-    pub fn value(&self, row: usize) -> T::Native {
-        let (chunk, i) = self.locate(row);
-        chunk.values()[i]
-    }
-
-    #[inline]
-    pub fn is_valid(&self, row: usize) -> bool {
-        let (chunk, i) = self.locate(row);
-        chunk.is_valid(i)
     }
 
     #[inline]
@@ -249,11 +223,8 @@ mod tests {
         let column = Column::<Int64Type>::new(&chunks);
         let whole = contiguous(&chunks, &DataType::Int64).unwrap();
         let whole = whole.as_primitive::<Int64Type>();
-        assert_eq!(column.len(), whole.len());
         for row in (0..whole.len()).rev() {
             assert_eq!(column.get(row), whole.iter().nth(row).unwrap(), "row {row}");
         }
-        assert_eq!(column.iter().collect::<Vec<_>>(), whole.iter().collect::<Vec<_>>());
-        assert!(Column::<Int64Type>::new(&[]).is_empty());
     }
 }

@@ -10,7 +10,7 @@ import pytest
 
 from fusion.errors import FeatureError
 from fusion.settings import FeatureSpec, PredictionTimeConfig, TargetConfig
-from tasks.features import build_features, feature_names
+from tasks.features import asof_features, build_features, feature_names, with_derived
 from tests.code.test_kernels import reference_cross_hash
 
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
@@ -129,6 +129,18 @@ def test_asof_takes_latest_row_at_or_before_prediction_time_within_tolerance() -
     )
     # 01:00 -> 00:00 obs; 03:00 -> 02:00 obs; y at 03:00 sees nothing yet (05:00 is later); 09:00 is past tolerance
     assert out["s_temp"].to_list() == [1.0, 2.0, None, None]
+
+
+def test_asof_time_column_can_be_a_feature_and_the_kept_time() -> None:
+    """One right column feeding two outputs (online features keep the as-of row's time as `_t`)."""
+    side = pl.DataFrame({"site": ["x", "x"], "obs": [T0, T0 + dt.timedelta(hours=2)], "temp": [1.0, 2.0]})
+    asof = {"table": "s", "left_on": "site", "right_on": "site", "right_time": "obs", "columns": ["temp", "obs"]}
+    s = spec(derived={}, categorical=["site"], asof=[asof])
+    primary = pl.DataFrame({"site": ["x", "x"], "t": [T0 + dt.timedelta(hours=1), T0 + dt.timedelta(hours=3)]})
+    base = with_derived(primary.lazy(), s, PredictionTimeConfig(offset_minutes=0)).collect()
+    (found,) = asof_features(base, {"s": side}, s, keep_time=True)
+    assert found.columns == ["temp", "obs", "_t"]
+    assert found["obs"].to_list() == found["_t"].to_list() == side["obs"].to_list()
 
 
 def test_lookup_calendar_and_target() -> None:
