@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, log_loss, roc_auc_score, roc_curve
 
 from fusion.lake import Lake
@@ -50,18 +51,17 @@ class Evaluation:
 
 
 def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[CalibrationBin]:
+    """Reliability table over `bins` equal-width bins of the predicted probability; empty bins are left out."""
+    observed, predicted = calibration_curve(y, p, n_bins=bins, strategy="uniform")
     edges = np.linspace(0.0, 1.0, bins + 1)
-    index = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
-    table = []
-    for b in range(bins):
-        mask = index == b
-        if mask.any():
-            table.append(
-                CalibrationBin(
-                    float(edges[b]), float(edges[b + 1]), int(mask.sum()), float(p[mask].mean()), float(y[mask].mean())
-                )
-            )
-    return table
+    # calibration_curve returns only the means of its non-empty bins; count rows with the binning it uses
+    # (searchsorted over the inner edges: a probability on an edge falls in the lower bin) so counts and means agree.
+    counts = np.bincount(np.searchsorted(edges[1:-1], p), minlength=bins)
+    filled = np.flatnonzero(counts)
+    return [
+        CalibrationBin(float(edges[b]), float(edges[b + 1]), int(counts[b]), float(mean), float(rate))
+        for b, mean, rate in zip(filled, predicted, observed, strict=True)
+    ]
 
 
 def _png(fig: object) -> bytes:

@@ -64,6 +64,88 @@ def local_artifact_root(tracking_uri: str) -> Path | None:
     return Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts"
 
 
+def find_registered_version(client: Any, name: str, fingerprint: str) -> Registration | None:
+    """The version already registered from the same batch, config and model, if there is one."""
+    # MLflow 3's registries (sqlite, file, a tracking server over either) answer a model that does not exist yet
+    # with an empty list, so no error means "nothing registered": any error (registry down, database locked, bad
+    # filter) must reach the task's retry, not pass for a missing model and register a duplicate.
+    found = client.search_model_versions(f"name = '{name}' and tags.`fusion.fingerprint` = '{fingerprint}'")
+    if not found:
+        return None
+    return Registration(name, str(found[0].version), found[0].run_id, reused=True)
+
+
+def ensure_experiment(client: Any, tracking_uri: str, experiment: str) -> None:
+    """Make `experiment` the active one; a local registry gets it created under its own artifact root."""
+    import mlflow
+
+    root = local_artifact_root(tracking_uri)
+    if root is not None and client.get_experiment_by_name(experiment) is None:
+        client.create_experiment(experiment, artifact_location=(root / experiment).as_uri())
+    mlflow.set_experiment(experiment)
+
+
+def run_params(trained: TrainedModel, evaluation: Evaluation, dataset: DatasetConfig, batch_id: str) -> dict[str, Any]:
+    """The MLflow params of a training run."""
+    return {
+        **{f"lgbm.{k}": v for k, v in trained.params.items()},
+        "best_iteration": trained.best_iteration,
+        "engine": trained.engine,
+        "batch_id": batch_id,
+        "feature_spec_version": dataset.features.version,
+        "n_features": len(trained.model.features),
+        "baseline": evaluation.baseline_kind,
+        **{f"rows.{k}": v for k, v in trained.split_sizes.items()},
+    }
+
+
+def log_run_record(
+    trained: TrainedModel,
+    evaluation: Evaluation,
+    dataset: DatasetConfig,
+    batch_id: str,
+    fingerprint: str,
+    lake: Lake,
+    extra_artifacts: dict[str, str],
+) -> None:
+    """Log params, metrics, tags, evaluation artifacts and the dataset config to the active run."""
+    import mlflow
+
+    mlflow.log_params(run_params(trained, evaluation, dataset, batch_id))
+    mlflow.log_metrics({**evaluation.metrics(), "fit_seconds": trained.fit_seconds})
+    mlflow.set_tags({"fusion.dataset": dataset.name, "fusion.batch_id": batch_id, "fusion.fingerprint": fingerprint})
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, path in {**evaluation.artifacts, **extra_artifacts}.items():
+            local = Path(tmp) / label
+            local.write_bytes(lake.read_bytes(path))
+            mlflow.log_artifact(str(local), artifact_path="evaluation")
+        (Path(tmp) / "dataset_config.json").write_text(json.dumps(dataset.model_dump(mode="json"), indent=2))
+        mlflow.log_artifact(str(Path(tmp) / "dataset_config.json"), artifact_path="config")
+
+
+def log_registered_pyfunc(trained: TrainedModel, signature: Any, example: Any, name: str) -> str:
+    """Log the model as a pyfunc in the active run and register it under `name`; returns the new version."""
+    import mlflow
+
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=trained.model,
+        signature=signature,
+        input_example=example,
+        # Explicit requirements: inferring them costs ~14 s (STACK_NOTES).
+        pip_requirements=[f"{p}=={installed_version(p)}" for p in PIP_REQUIREMENTS],
+        registered_model_name=name,
+    )
+    return str(info.registered_model_version)
+
+
+def mark_challenger(client: Any, name: str, version: str, tags: dict[str, str]) -> None:
+    """Tag the version (the fingerprint tag is what makes registration idempotent) and point `challenger` at it."""
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+
+
 def register_model(
     trained: TrainedModel,
     evaluation: Evaluation,
@@ -74,69 +156,30 @@ def register_model(
     extra_artifacts: dict[str, str],
     tracking_uri: str,
 ) -> Registration:
+    """Register the model as the challenger, or return the identical version registered before."""
     import mlflow
 
     client = _client(tracking_uri)
     name = dataset.model.registered_name
     fingerprint = model_fingerprint(trained, batch_id, dataset.fingerprint())
-    try:
-        existing = client.search_model_versions(f"name = '{name}' and tags.`fusion.fingerprint` = '{fingerprint}'")
-    except Exception:  # registered model does not exist yet
-        existing = []
-    if existing:
-        found = existing[0]
-        return Registration(name, str(found.version), found.run_id, reused=True)
+    existing = find_registered_version(client, name, fingerprint)
+    if existing is not None:
+        return existing
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    experiment = f"fusion-{dataset.name}"
-    root = local_artifact_root(tracking_uri)
-    if root is not None and client.get_experiment_by_name(experiment) is None:
-        client.create_experiment(experiment, artifact_location=(root / experiment).as_uri())
-    mlflow.set_experiment(experiment)
+    ensure_experiment(client, tracking_uri, f"fusion-{dataset.name}")
     signature, example = model_signature(trained, input_example)
     with mlflow.start_run(run_name=f"{dataset.name}-{batch_id}") as run:
-        mlflow.log_params(
-            {
-                **{f"lgbm.{k}": v for k, v in trained.params.items()},
-                "best_iteration": trained.best_iteration,
-                "engine": trained.engine,
-                "batch_id": batch_id,
-                "feature_spec_version": dataset.features.version,
-                "n_features": len(trained.model.features),
-                "baseline": evaluation.baseline_kind,
-                **{f"rows.{k}": v for k, v in trained.split_sizes.items()},
-            }
-        )
-        mlflow.log_metrics({**evaluation.metrics(), "fit_seconds": trained.fit_seconds})
-        mlflow.set_tags(
-            {"fusion.dataset": dataset.name, "fusion.batch_id": batch_id, "fusion.fingerprint": fingerprint}
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            for label, path in {**evaluation.artifacts, **extra_artifacts}.items():
-                local = Path(tmp) / label
-                local.write_bytes(lake.read_bytes(path))
-                mlflow.log_artifact(str(local), artifact_path="evaluation")
-            (Path(tmp) / "dataset_config.json").write_text(json.dumps(dataset.model_dump(mode="json"), indent=2))
-            mlflow.log_artifact(str(Path(tmp) / "dataset_config.json"), artifact_path="config")
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=trained.model,
-            signature=signature,
-            input_example=example,
-            # Explicit requirements: inferring them costs ~14 s (STACK_NOTES).
-            pip_requirements=[f"{p}=={installed_version(p)}" for p in PIP_REQUIREMENTS],
-            registered_model_name=name,
-        )
-    version = str(info.registered_model_version)
-    for key, value in {
+        log_run_record(trained, evaluation, dataset, batch_id, fingerprint, lake, extra_artifacts)
+        version = log_registered_pyfunc(trained, signature, example, name)
+    tags = {
         "fusion.fingerprint": fingerprint,
         "fusion.batch_id": batch_id,
         "fusion.dataset": dataset.name,
         "fusion.test_auc": f"{evaluation.test_auc:.6f}",
-    }.items():
-        client.set_model_version_tag(name, version, key, value)
-    client.set_registered_model_alias(name, CHALLENGER, version)
+    }
+    mark_challenger(client, name, version, tags)
     return Registration(name, version, run.info.run_id, reused=False)
 
 

@@ -36,10 +36,11 @@ class ValidatedBatch:
     batch_id: str
     tables: dict[str, str]
     rows_in: int  # rows of the primary table as ingested
-    rows_rejected: int  # rows dropped by the `drop` policy, all tables
+    rows_rejected: int  # rows of the primary table dropped by the `drop` policy, so comparable with rows_in
     report_uri: str
     docs_index: str | None
     outcomes: list[ExpectationOutcome] = field(default_factory=list)
+    rejected_by_table: dict[str, int] = field(default_factory=dict)  # dropped rows of every validated table
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,82 @@ def describe_failures(outcomes: list[ExpectationOutcome]) -> str:
     return "; ".join(parts) + more
 
 
+def run_suites(
+    context: Any, dataset: str, frames: dict[str, pl.DataFrame], suites: dict[str, dict[str, Any]]
+) -> dict[str, SuiteRun]:
+    """Run each table's suite; a table without a suite is not validated."""
+    return {t: run_suite(context, dataset, t, frames[t], suites[t]) for t in suites}
+
+
+def build_report(
+    batch: IngestedBatch, runs: dict[str, SuiteRun], policy: str, docs_index: str | None
+) -> dict[str, Any]:
+    """The JSON validation report kept beside the batch and copied into quarantine."""
+    outcomes = [o for run in runs.values() for o in run.outcomes]
+    return {
+        "dataset": batch.dataset,
+        "batch_id": batch.batch_id,
+        "success": all(r.success for r in runs.values()),
+        "policy": policy,
+        "failures": [o.__dict__ for o in outcomes if not o.success],
+        "data_docs": docs_index,
+        "results": {t: r.raw for t, r in runs.items()},
+    }
+
+
+def rejection_reason(
+    runs: dict[str, SuiteRun], frames: dict[str, pl.DataFrame], config: ValidationConfig
+) -> str | None:
+    """Why the whole batch must be rejected, or None when it passed or its bad rows may be dropped."""
+    if all(run.success for run in runs.values()):
+        return None
+    outcomes = [o for run in runs.values() for o in run.outcomes]
+    failures = describe_failures(outcomes)
+    # A table-level failure (row count, schema) has no rows to drop, so only failing the batch can answer it.
+    if config.on_invalid_rows == "fail" or any(not o.success and not o.row_level for o in outcomes):
+        return f"validation failed: {failures}"
+    for table, run in runs.items():
+        height = frames[table].height
+        share = len(run.bad_rows) / max(height, 1)
+        if share > config.max_dropped_fraction:
+            return (
+                f"validation failed: {len(run.bad_rows)} of {height} {table} rows "
+                f"({share:.1%}) fail, over max_dropped_fraction {config.max_dropped_fraction:.1%}: {failures}"
+            )
+    return None
+
+
+def split_bad_rows(
+    frames: dict[str, pl.DataFrame], runs: dict[str, SuiteRun]
+) -> tuple[dict[str, pl.DataFrame], dict[str, pl.DataFrame]]:
+    """(kept, dropped) frames: each table without the rows that failed a row-level expectation, and those rows."""
+    kept = dict(frames)
+    dropped: dict[str, pl.DataFrame] = {}
+    for table, run in runs.items():
+        if run.bad_rows:
+            mask = pl.Series(range(frames[table].height)).is_in(run.bad_rows)
+            dropped[table] = frames[table].filter(mask)
+            kept[table] = frames[table].filter(~mask)
+    return kept, dropped
+
+
+def write_quarantine(
+    lake: Lake, uri: str, frames: dict[str, pl.DataFrame], suffix: str, report: dict[str, Any], reason: str
+) -> None:
+    """Keep the quarantined frames (a whole batch, or only its dropped rows) together with the reason."""
+    for table, frame in frames.items():
+        lake.write_parquet(frame, f"{uri}/{table}{suffix}.parquet")
+    lake.write_json({**report, "stage": "validate", "reason": reason}, f"{uri}/reason.json")
+
+
+def write_validated(lake: Lake, batch: IngestedBatch, frames: dict[str, pl.DataFrame]) -> dict[str, str]:
+    """Write the tables that passed; table -> lake path."""
+    return {
+        t: lake.write_parquet(f, lake.path("validated", batch.dataset, batch.batch_id, f"{t}.parquet"))
+        for t, f in frames.items()
+    }
+
+
 def validate_batch(
     batch: IngestedBatch,
     suites: dict[str, dict[str, Any]],
@@ -136,65 +213,34 @@ def validate_batch(
     lake: Lake,
     gx_root: Path,
 ) -> ValidatedBatch:
+    """Validate a batch; raise ValidationFailed with the batch in quarantine, or return the validated tables."""
     context = _gx_context(gx_root)
     frames = {t: lake.read_parquet(p) for t, p in batch.tables.items()}
-    runs = {t: run_suite(context, batch.dataset, t, frames[t], suites[t]) for t in suites}
-    outcomes = [o for run in runs.values() for o in run.outcomes]
-    report_uri = lake.path("validation", batch.dataset, batch.batch_id, "report.json")
+    runs = run_suites(context, batch.dataset, frames, suites)
     docs = context.get_docs_sites_urls()
     docs_index = docs[0]["site_url"] if docs else None
-    report = {
-        "dataset": batch.dataset,
-        "batch_id": batch.batch_id,
-        "success": all(r.success for r in runs.values()),
-        "policy": config.on_invalid_rows,
-        "failures": [o.__dict__ for o in outcomes if not o.success],
-        "data_docs": docs_index,
-        "results": {t: r.raw for t, r in runs.items()},
-    }
+    report = build_report(batch, runs, config.on_invalid_rows, docs_index)
+    report_uri = lake.path("validation", batch.dataset, batch.batch_id, "report.json")
     quarantine = lake.path("quarantine", batch.dataset, batch.batch_id)
 
-    def reject(reason: str) -> ValidationFailed:
-        for table, frame in frames.items():
-            lake.write_parquet(frame, f"{quarantine}/{table}.parquet")
-        lake.write_json({**report, "stage": "validate", "reason": reason}, f"{quarantine}/reason.json")
+    reason = rejection_reason(runs, frames, config)
+    if reason is not None:
+        write_quarantine(lake, quarantine, frames, "", report, reason)
         lake.write_json(report, report_uri)
-        return ValidationFailed(reason, quarantine)
-
-    dropped: dict[str, pl.DataFrame] = {}
+        raise ValidationFailed(reason, quarantine)
+    kept, dropped = split_bad_rows(frames, runs)
+    outcomes = [o for run in runs.values() for o in run.outcomes]
     if not report["success"]:
-        failures = describe_failures(outcomes)
-        table_level = [o for o in outcomes if not o.success and not o.row_level]
-        if config.on_invalid_rows == "fail" or table_level:
-            raise reject(f"validation failed: {failures}")
-        for table, run in runs.items():
-            if run.bad_rows:
-                share = len(run.bad_rows) / max(frames[table].height, 1)
-                if share > config.max_dropped_fraction:
-                    raise reject(
-                        f"validation failed: {len(run.bad_rows)} of {frames[table].height} {table} rows "
-                        f"({share:.1%}) fail, over max_dropped_fraction {config.max_dropped_fraction:.1%}: {failures}"
-                    )
-                mask = pl.Series(range(frames[table].height)).is_in(run.bad_rows)
-                dropped[table] = frames[table].filter(mask)
-                frames[table] = frames[table].filter(~mask)
-        for table, rows in dropped.items():
-            lake.write_parquet(rows, f"{quarantine}/{table}.rejected.parquet")
-        lake.write_json(
-            {**report, "stage": "validate", "reason": f"rows dropped: {failures}"}, f"{quarantine}/reason.json"
-        )
+        write_quarantine(lake, quarantine, dropped, ".rejected", report, f"rows dropped: {describe_failures(outcomes)}")
     lake.write_json(report, report_uri)
-    tables = {
-        t: lake.write_parquet(f, lake.path("validated", batch.dataset, batch.batch_id, f"{t}.parquet"))
-        for t, f in frames.items()
-    }
     return ValidatedBatch(
         dataset=batch.dataset,
         batch_id=batch.batch_id,
-        tables=tables,
+        tables=write_validated(lake, batch, kept),
         rows_in=batch.rows[primary],
-        rows_rejected=sum(f.height for f in dropped.values()),
+        rows_rejected=dropped[primary].height if primary in dropped else 0,
         report_uri=report_uri,
         docs_index=docs_index,
         outcomes=outcomes,
+        rejected_by_table={t: dropped[t].height if t in dropped else 0 for t in runs},
     )

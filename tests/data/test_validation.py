@@ -110,3 +110,43 @@ def test_table_level_failure_cannot_be_dropped(tmp_path: Path, sample: Any, suit
         validate_batch(
             land(lake, empty, "b5"), suites, ValidationConfig(on_invalid_rows="drop"), "flights", lake, tmp_path / "gx"
         )
+
+
+def with_bad_weather(tables: dict[str, pl.DataFrame], rows: int) -> dict[str, pl.DataFrame]:
+    """`rows` weather rows with humidity over 100 (a row-level failure in a table that is not the primary)."""
+    weather = tables["weather"].with_columns(
+        pl.when(pl.int_range(pl.len()) < rows).then(150.0).otherwise(pl.col("humid")).alias("humid")
+    )
+    return {**tables, "weather": weather}
+
+
+def test_drop_policy_counts_rejected_rows_of_the_primary_and_keeps_every_table(
+    tmp_path: Path, sample: Any, suites: Any
+) -> None:
+    lake = Lake(str(tmp_path / "lake"))
+    result = validate_batch(
+        land(lake, with_bad_weather(broken(sample), 7), "b6"),
+        suites,
+        ValidationConfig(on_invalid_rows="drop"),
+        "flights",
+        lake,
+        tmp_path / "gx",
+    )
+    # rows_rejected sits beside rows_in (primary rows), so it must not count the 7 weather rows.
+    assert result.rows_in == 5000 and result.rows_rejected == 30
+    assert result.rejected_by_table == {"flights": 30, "weather": 7}
+    assert lake.read_parquet(result.tables["weather"]).height == 2000 - 7
+    rejected = lake.read_parquet(lake.path("quarantine", "flights", "b6", "weather.rejected.parquet"))
+    assert rejected.height == 7 and (rejected["humid"] == 150.0).all()
+
+
+def test_rejected_batch_is_quarantined_as_ingested(tmp_path: Path, sample: Any, suites: Any) -> None:
+    lake = Lake(str(tmp_path / "lake"))
+    config = ValidationConfig(on_invalid_rows="drop", max_dropped_fraction=0.01)
+    # flights (30 of 5000 bad) may be dropped, weather (100 of 2000) may not: the whole batch is rejected,
+    # and quarantine must hold the flights rows as they came, not with the droppable ones already removed.
+    with pytest.raises(ValidationFailed, match=r"100 of 2000 weather rows") as failure:
+        validate_batch(
+            land(lake, with_bad_weather(broken(sample), 100), "b7"), suites, config, "flights", lake, tmp_path / "gx"
+        )
+    assert lake.read_parquet(f"{failure.value.quarantine_uri}/flights.parquet").height == 5000
