@@ -1,4 +1,5 @@
-"""Features: the config's feature spec over the validated tables, in Polars (lazy), point in time.
+"""Features: the config's feature spec over the validated tables, in Polars and the kernels of
+tasks/kernels.py, point in time.
 
 Every feature of a row uses only what was known at that row's prediction time
 (event time + offset): as-of joins take the latest joined row known at or
@@ -93,9 +94,9 @@ def _require_columns(table: pl.DataFrame, name: str, columns: list[str], what: s
 
 def _gather(table: pl.DataFrame, index: pl.Series, columns: dict[str, str]) -> pl.DataFrame:
     """The right rows an index points at (null where it is null), as `columns` (name -> source column:
-    one source may feed several names). A small table is made
-    contiguous first: gathering from chunks costs twice as much (weather: 25 vs 11 ms), and copying a
-    table much smaller than the result costs next to nothing (a large one is gathered from its chunks)."""
+    one source may feed several names). A small table is made contiguous first: gathering from chunks
+    is slower, and copying a table much smaller than the result costs next to nothing (a large one is
+    gathered from its chunks). Measured in docs/BENCHMARKS.md, "Feature step: where the time goes"."""
     picked = table.lazy().select(pl.col(source).alias(name) for name, source in columns.items()).collect()
     return (picked.rechunk() if 4 * picked.height <= index.len() else picked)[index]
 
@@ -160,10 +161,11 @@ def rolling_events(base: pl.DataFrame, agg: RollingAggregate) -> RollingEvents:
 def rolling_aggregates(
     aggs: Sequence[RollingAggregate], events: Sequence[RollingEvents], at: pl.Series
 ) -> list[pl.DataFrame]:
-    """Per spec, sum/count/mean/max over values known in [T - window, T), T = `at` of each row, as named
-    feature columns aligned with the rows. One kernel call for every spec and window (tasks/kernels.py:
-    Rust when built, sharing the sorts of shared columns; else the pure-Polars twin). Rows with a null
-    group key neither count nor ask."""
+    """Per spec, its aggregates (of count/sum/mean/max) over values known in [T - window, T), T = `at` of
+    each row, as named feature columns aligned with the rows, all Float64 (counts too). One kernel call
+    for every spec and window (tasks/kernels.py: Rust when built, where specs with the same key columns
+    share their group ids and each group's queries sorted by time; else the pure-Polars twin). Rows with
+    a null group key neither count nor ask; a null or NaN value is no event."""
     specs = [
         kernels.WindowSpec(e.keys, e.known_at, e.value, [w * 60_000_000 for w in agg.windows_minutes], agg.aggs)
         for agg, e in zip(aggs, events, strict=True)

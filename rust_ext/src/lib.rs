@@ -1,6 +1,9 @@
 //! Python bindings of Fusion's feature kernels: Arrow arrays in and out through the Arrow PyCapsule
-//! interface (polars Series, pyarrow arrays), taken chunk by chunk without a copy. The kernels
-//! themselves (window.rs, join.rs, keys.rs, hash.rs, geo.rs) are pure Rust and tested with `cargo test`.
+//! interface (polars Series, pyarrow arrays). The window and as-of kernels read chunked keys, times
+//! and values in place (the as-of tie-break columns are joined into one array at the first tie);
+//! `haversine_km` and `cross_hash` join each input into one array first (a copy only when it has
+//! several chunks). The kernels themselves (window.rs, join.rs, keys.rs, hash.rs, geo.rs, over
+//! columns.rs) are pure Rust and tested with `cargo test`; the GIL is released while one runs.
 
 pub mod columns;
 pub mod geo;
@@ -69,9 +72,13 @@ type PySpec = (Vec<AnyArray>, AnyArray, AnyArray, Vec<i64>, Vec<String>);
 
 /// Per-group aggregates over prior events, for several specs asking at the same times: for each row,
 /// spec and window w, the events of the row's group (`keys`: string or integer columns) with
-/// `at - w <= known_at < at`. Returns per spec, per window in order and per aggregate of `aggs` in
-/// order, an array named `<agg>_<w>` (count Int64, the others Float64), aligned with the input rows.
-/// Specs that pass the same key or known_at columns share their group ids and time sorts.
+/// `at - w <= known_at < at` (times Int64, values Float64). Returns per spec, per window in order and
+/// per aggregate of `aggs` in order, an array named `<agg>_<w>`, all Float64 (count too: a whole
+/// number), aligned with the input rows: null where the row cannot ask (a null key or `at`), mean
+/// and max also where its window is empty (count and sum are 0 there).
+/// Rows are bucketed by group and each group sorted by time (window.rs). Specs that pass the same key
+/// columns (the same buffers) share their group ids and each group's queries; each spec's events are
+/// bucketed and sorted on their own, whatever known_at column it passes.
 #[pyfunction]
 #[pyo3(signature = (specs, at))]
 fn window_aggregates(py: Python<'_>, specs: Vec<PySpec>, at: AnyArray) -> PyResult<Vec<Vec<PyArray>>> {
