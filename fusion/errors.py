@@ -12,6 +12,12 @@ class FusionError(Exception):
     quarantine_uri: str | None = None
 
 
+class ConfigError(FusionError):
+    """The configuration cannot be used (a missing or malformed suite file)."""
+
+    stage = "config"
+
+
 class SourceReadError(FusionError):
     """A source file could not be parsed (truncated, corrupt, not the declared format)."""
 
@@ -29,6 +35,19 @@ class SchemaError(FusionError):
     """A table lacks a configured column or a column has the wrong type."""
 
     stage = "ingest"
+
+
+class TypeMismatch(SchemaError):
+    """Values of a column that are not of its declared type; names the column and the first rows."""
+
+    def __init__(self, column: str, declared: str, rows: list[int], message: str) -> None:
+        super().__init__(message)
+        self.column = column
+        self.declared = declared
+        self.rows = rows
+
+    def __reduce__(self) -> tuple[object, ...]:  # crosses process boundaries (Dask, Prefect results)
+        return (type(self), (self.column, self.declared, self.rows, str(self)), self.__dict__)
 
 
 class ValidationFailed(FusionError):
@@ -51,3 +70,15 @@ class TrainingError(FusionError):
     """Training cannot proceed (an empty split, a single class)."""
 
     stage = "train"
+
+
+class RunFailed(FusionError):
+    """A run that ended on bad data or config; carries the summary so far as JSON."""
+
+    def __init__(self, message: str, summary_json: str = "{}") -> None:
+        super().__init__(message, summary_json)
+        self.message = message
+        self.summary_json = summary_json
+
+    def __str__(self) -> str:
+        return self.message

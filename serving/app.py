@@ -55,7 +55,7 @@ class ModelServer(ModelCore):
             self._listen_for_promotions(asyncio.get_running_loop())
 
     def __serve_build_asgi_app__(self) -> Any:
-        return build_http_app(ReplicaBackend(self), self.args)
+        return build_http_app(self, self.args)
 
     def _listen_for_promotions(self, loop: asyncio.AbstractEventLoop) -> None:
         """React to `fusion.model.promoted` at once instead of at the next poll."""
@@ -98,29 +98,10 @@ class ModelServer(ModelCore):
         self._batched.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
         self._batched.set_batch_wait_timeout_s(wait_ms / 1000)  # type: ignore[attr-defined]
 
-    async def all_metric_snapshots(self) -> list[list[Any]]:
-        """Every replica's registry (this one's included), for /metrics on any of them."""
+    async def metric_snapshots(self) -> list[tuple[str, list[Any]]]:
+        """Every replica's metrics (this one's included), for /metrics on any of them."""
         results = await self._peers.broadcast("metrics_snapshot").results_async(timeout_s=2, return_exceptions=True)
-        return [r for r in results if isinstance(r, list)]
-
-
-class ReplicaBackend:
-    """serving/http.py's backend: the ModelCore of the same replica, called in-process."""
-
-    def __init__(self, server: ModelServer) -> None:
-        self.server = server
-
-    async def predict_records(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        return await self.server.predict_records(records)
-
-    async def predict_frame(self, frame: Any) -> dict[str, Any]:
-        return await self.server.predict_frame(frame)
-
-    async def info(self) -> dict[str, Any] | None:
-        return self.server.info()
-
-    async def metric_snapshots(self) -> list[list[Any]]:
-        return await self.server.all_metric_snapshots()
+        return [r for r in results if isinstance(r, tuple)]
 
 
 def serving_args(settings: Settings) -> ServingArgs:

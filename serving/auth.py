@@ -19,7 +19,7 @@ class Authenticator:
             if config.key_file is not None:
                 self.key = config.key_file.read_text().strip()
             else:
-                self.key = config.secret
+                self.key = config.secret.get_secret_value() if config.secret else None
             if not self.key:
                 raise ValueError(
                     "serving.auth is enabled but neither serving.auth.secret nor serving.auth.key_file is set"

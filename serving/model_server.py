@@ -13,13 +13,17 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
 from pydantic import BaseModel
 
 from fusion.lake import Lake
 from fusion.settings import DatasetConfig, ServingConfig
-from serving.predictor import LoadedModel, ModelVersion, OnlineFeatures, champion, memory_online_features
-from serving.redis_guard import CircuitBreaker, GuardedRedis, PredictionCache, RedisOnlineFeatures
+from serving.breaker import CircuitBreaker
+from serving.guarded_redis import GuardedRedis
+from serving.metrics import ServingMetrics
+from serving.online_features import OnlineFeatures, RedisOnlineFeatures, memory_online_features
+from serving.prediction_cache import PredictionCache
+from serving.predictor import LoadedModel, ModelVersion, champion
 from tasks.online_store import load_into_redis, namespace, read_snapshot
 
 log = logging.getLogger("fusion.serving")
@@ -55,39 +59,7 @@ class ModelCore:
         self.online: OnlineFeatures | None = None
         self._reload_lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
-        self.registry = CollectorRegistry()
-        self.m_rows = Counter("fusion_serving_rows", "rows predicted", ["input"], registry=self.registry)
-        self.m_hits = Counter(
-            "fusion_serving_cache_hits", "rows answered from the prediction cache", registry=self.registry
-        )
-        self.m_misses = Counter("fusion_serving_cache_misses", "rows computed by the model", registry=self.registry)
-        self.m_defaults = Counter(
-            "fusion_serving_online_feature_defaults",
-            "rows whose group had no online state (defaults used)",
-            ["part"],
-            registry=self.registry,
-        )
-        self.m_reloads = Counter(
-            "fusion_serving_model_loads", "model versions loaded", ["outcome"], registry=self.registry
-        )
-        self.m_batch = Histogram(
-            "fusion_serving_batch_rows",
-            "rows per model call",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 512, 2048),
-            registry=self.registry,
-        )
-        self.m_version = Gauge(
-            "fusion_serving_model_version", "registry version this replica serves", ["replica"], registry=self.registry
-        )
-        self.m_redis_failures = Gauge(
-            "fusion_serving_redis_failures", "Redis calls that failed or timed out", ["replica"], registry=self.registry
-        )
-        self.m_redis_skipped = Gauge(
-            "fusion_serving_redis_skipped",
-            "Redis calls skipped by the open circuit",
-            ["replica"],
-            registry=self.registry,
-        )
+        self.metrics = ServingMetrics()
         self.replica = "local"
 
     async def start(self) -> None:
@@ -121,11 +93,11 @@ class ModelCore:
             try:
                 model, online = await asyncio.to_thread(self._load, target)
             except Exception:
-                self.m_reloads.labels("failed").inc()
+                self.metrics.loads.labels("failed").inc()
                 raise
             # One assignment each: a request that already took the old pair finishes on it.
             self.model, self.online = model, online
-            self.m_reloads.labels("loaded").inc()
+            self.metrics.loads.labels("loaded").inc()
             log.info("serving %s version %s (loaded in %.1f s)", target.name, target.version, model.load_seconds)
             return self.version
 
@@ -164,19 +136,23 @@ class ModelCore:
     def info(self) -> dict[str, Any] | None:
         return None if self.model is None else self.model.info()
 
+    def require_model(self) -> LoadedModel:
+        model = self.model
+        if model is None:
+            raise NotReady(f"no {self.args.serving.alias!r} version of {self.args.model_name!r} is loaded yet")
+        return model
+
     async def predict_records(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         """Raw records (the primary table's fields) -> probabilities, features computed here."""
-        model, online = self.model, self.online
-        if model is None or online is None:
-            raise NotReady(f"no {self.args.serving.alias!r} version of {self.args.model_name!r} is loaded")
+        model, online = self.require_model(), self.online
+        assert online is not None  # swapped together with the model
         prepared = await asyncio.to_thread(self._prepare_records, model, online, records)
         return await self._finish(model, "records", *prepared)
 
-    async def predict_frame(self, frame: pl.DataFrame) -> dict[str, Any]:
-        """Model-input rows (the signature's columns) -> probabilities."""
-        model = self.model
-        if model is None:
-            raise NotReady(f"no {self.args.serving.alias!r} version of {self.args.model_name!r} is loaded")
+    async def predict_frame(self, frame: pl.DataFrame, model: LoadedModel | None = None) -> dict[str, Any]:
+        """Model-input rows (the signature's columns) -> probabilities; `model`: the version the rows were
+        typed for (default: the one loaded now)."""
+        model = model or self.require_model()
         prepared = await asyncio.to_thread(self._prepare_frame, model, frame)
         return await self._finish(model, "features", *prepared)
 
@@ -184,7 +160,7 @@ class ModelCore:
         self, model: LoadedModel, online: OnlineFeatures, records: list[dict[str, Any]]
     ) -> tuple[list[str], list[float | None], pl.DataFrame | None]:
         # Raw rows are keyed with the online batch too: new online state means new features.
-        keys = self.cache.keys(model.version.version, f"records:{online.batch_id()}", records)
+        keys = self.cache.keys(model.version.content_id, f"records:{online.batch_id()}", records)
         cached = self.cache.get(keys)
         missing = [i for i, v in enumerate(cached) if v is None]
         if not missing:
@@ -192,13 +168,13 @@ class ModelCore:
         frame, defaults = model.features([records[i] for i in missing], online)
         for part, n in defaults.items():
             if n:
-                self.m_defaults.labels(part).inc(n)
+                self.metrics.defaults.labels(part).inc(n)
         return keys, cached, frame
 
     def _prepare_frame(
         self, model: LoadedModel, frame: pl.DataFrame
     ) -> tuple[list[str], list[float | None], pl.DataFrame | None]:
-        keys = self.cache.keys(model.version.version, "features", frame.to_dicts())
+        keys = self.cache.keys(model.version.content_id, "features", frame.to_dicts())
         cached = self.cache.get(keys)
         missing = [i for i, v in enumerate(cached) if v is None]
         if not missing:
@@ -219,9 +195,9 @@ class ModelCore:
                 fresh[keys[i]] = p
             if self.redis is not None:
                 asyncio.get_running_loop().run_in_executor(None, self.cache.put, fresh)
-        self.m_rows.labels(kind).inc(len(predictions))
-        self.m_hits.inc(hits)
-        self.m_misses.inc(len(predictions) - hits)
+        self.metrics.rows.labels(kind).inc(len(predictions))
+        self.metrics.hits.inc(hits)
+        self.metrics.misses.inc(len(predictions) - hits)
         return {
             "model": model.version.name,
             "version": model.version.version,
@@ -244,19 +220,24 @@ class ModelCore:
             model = items[indexes[0]][0]
             frames = [items[i][1] for i in indexes]
             merged = pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
-            self.m_batch.observe(merged.height)
+            self.metrics.batch_rows.observe(merged.height)
             predicted = await asyncio.to_thread(model.predict, merged)
             offsets = np.cumsum([f.height for f in frames])[:-1]
             for i, part in zip(indexes, np.split(predicted, offsets), strict=True):
                 out[i] = part
         return out  # type: ignore[return-value]
 
-    def metrics_snapshot(self) -> list[Any]:
-        self.m_version.labels(self.replica).set(float(self.version) if self.version else 0.0)
+    def metrics_snapshot(self) -> tuple[str, list[Metric]]:
+        """This replica's id and metric families (HTTP and model), for /metrics on any replica."""
+        self.metrics.version.set(float(self.version) if self.version else 0.0)
         if self.redis is not None:
-            self.m_redis_failures.labels(self.replica).set(self.redis.failures)
-            self.m_redis_skipped.labels(self.replica).set(self.redis.skipped)
-        return list(self.registry.collect())
+            self.metrics.redis_failures.set(self.redis.failures)
+            self.metrics.redis_skipped.set(self.redis.skipped)
+        return self.replica, self.metrics.families()
+
+    async def metric_snapshots(self) -> list[tuple[str, list[Metric]]]:
+        """Every replica's snapshot; without Ray there is one replica, this one."""
+        return [self.metrics_snapshot()]
 
     async def stop(self) -> None:
         if self._poller is not None:

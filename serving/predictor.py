@@ -4,26 +4,30 @@ loaded version and swaps it on hot reload."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import polars as pl
 
-from fusion.lake import Lake
-from fusion.settings import DatasetConfig
-from tasks.ingest import POLARS_TYPES
+from fusion.settings import ColumnType, DatasetConfig
+from serving.online_features import OnlineFeatures
 from tasks.online import request_features
-from tasks.online_store import read_snapshot, stored_items
+from tasks.schema import records_frame, typed_columns
 
-
-class OnlineFeatures(Protocol):
-    def batch_id(self) -> str | None: ...
-    def fetch(self, asks: list[tuple[str, str]]) -> list[list[Any] | None]: ...
+# MLflow signature column types -> the declared types of tasks/schema.py (one typing path).
+SIGNATURE_TYPES: dict[str, ColumnType] = {
+    "string": "str",
+    "double": "float64",
+    "float": "float32",
+    "long": "int64",
+    "integer": "int32",
+    "boolean": "bool",
+    "datetime": "datetime",
+}
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class ModelVersion:
     name: str
     version: str
     run_id: str
+    content_id: str  # MLflow's model id (else the run id): what the model is, in any registry
 
 
 def champion(tracking_uri: str, name: str, alias: str) -> ModelVersion | None:
@@ -43,19 +48,8 @@ def champion(tracking_uri: str, name: str, alias: str) -> ModelVersion | None:
         found = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
-    return ModelVersion(name, str(found.version), str(found.run_id))
-
-
-def memory_online_features(lake_uri: str, dataset: DatasetConfig) -> Any:
-    """The lake snapshot of the online state, for serving without Redis."""
-    from serving.redis_guard import MemoryOnlineFeatures
-
-    snapshot = read_snapshot(Lake(lake_uri), dataset.name, dataset.features.version)
-    if snapshot is None:
-        return MemoryOnlineFeatures({}, None)
-    manifest, frames = snapshot
-    items = {(part, key): values for part, key, values in stored_items(dataset.features, frames)}
-    return MemoryOnlineFeatures(items, str(manifest["batch_id"]))
+    content = getattr(found, "model_id", None) or found.run_id
+    return ModelVersion(name, str(found.version), str(found.run_id), str(content))
 
 
 class LoadedModel:
@@ -77,6 +71,10 @@ class LoadedModel:
         schema = self.pyfunc.metadata.get_input_schema()
         self.input_schema: dict[str, Any] = json.loads(schema.to_json())
         self.inputs: list[tuple[str, str]] = [(c.name, c.type.name) for c in schema.inputs]
+        unknown = sorted({t for _, t in self.inputs} - set(SIGNATURE_TYPES))
+        if unknown:
+            raise ValueError(f"{version.name} v{version.version}: input types {unknown} are not servable")
+        self.input_types: dict[str, ColumnType] = {n: SIGNATURE_TYPES[t] for n, t in self.inputs}
         self.native = getattr(self.pyfunc.unwrap_python_model(), "predict_frame", None)
         self.load_seconds = time.perf_counter() - started
 
@@ -89,20 +87,13 @@ class LoadedModel:
         return np.asarray(predicted, dtype=np.float64).reshape(-1)
 
     def records_frame(self, records: list[dict[str, Any]]) -> pl.DataFrame:
-        """Raw records as the primary table's typed columns (absent fields are null; naive times are
-        read in the table's timezone, as ingestion does)."""
-        table = self.dataset.source.tables[self.dataset.source.primary]
-        columns = []
-        for name, declared in table.columns.items():
-            values = [r.get(name) for r in records]
-            if declared == "datetime":
-                series = pl.Series(
-                    name, [_utc(v, table.datetime_timezone) for v in values], dtype=pl.Datetime("us", "UTC")
-                )
-            else:
-                series = pl.Series(name, values, dtype=POLARS_TYPES[declared], strict=False)
-            columns.append(series)
-        return pl.DataFrame(columns)
+        """Raw records as the primary table's typed columns, by ingest's own typing (tasks/schema.py):
+        absent fields are null; naive times are in the table's timezone. Raises TypeMismatch."""
+        return records_frame(records, self.dataset.source.tables[self.dataset.source.primary])
+
+    def inputs_frame(self, columns: dict[str, list[Any]], rows: int) -> pl.DataFrame:
+        """Model-input columns (the signature's) typed by the same rules; absent ones are null."""
+        return typed_columns(columns, self.input_types, rows=rows)
 
     def features(self, records: list[dict[str, Any]], online: OnlineFeatures) -> tuple[pl.DataFrame, dict[str, int]]:
         spec = self.dataset.features
@@ -119,17 +110,3 @@ class LoadedModel:
             "inputs": self.inputs,
             "input_schema": self.input_schema,
         }
-
-
-def _utc(value: Any, timezone: str) -> dt.datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if not isinstance(value, dt.datetime):
-        raise TypeError(f"expected a datetime, got {value!r}")
-    if value.tzinfo is None:
-        from zoneinfo import ZoneInfo
-
-        value = value.replace(tzinfo=ZoneInfo(timezone))
-    return value.astimezone(dt.UTC)

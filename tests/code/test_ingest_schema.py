@@ -9,7 +9,8 @@ import pytest
 from fusion.errors import SchemaError, SourceReadError
 from fusion.lake import Lake
 from fusion.settings import SourceConfig, TableConfig
-from tasks.ingest import batch_id_for, cast_column, enforce_schema, ingest_tables, parse_table, resolve_uri
+from tasks.ingest import batch_id_for, enforce_schema, ingest_tables, parse_table, resolve_uri
+from tasks.schema import cast_column
 
 TABLE = TableConfig(uri="memory.csv", columns={"id": "int32", "delay": "float64", "name": "str", "at": "datetime"})
 
@@ -47,12 +48,12 @@ def test_fractional_value_in_int_column_is_rejected() -> None:
 
 
 def test_parquet_numeric_types_must_cast_losslessly() -> None:
-    widened = cast_column(pl.Series("delay", [1, 2], dtype=pl.Int64), "float64", "t", "UTC")
+    widened = cast_column(pl.Series("delay", [1, 2], dtype=pl.Int64), "float64", "t.delay", "UTC")
     assert widened.dtype == pl.Float64
     with pytest.raises(SchemaError, match=r"t\.id: has type Float64, expected int32; 1 value\(s\) would change"):
-        cast_column(pl.Series("id", [1.0, 2.5]), "int32", "t", "UTC")
+        cast_column(pl.Series("id", [1.0, 2.5]), "int32", "t.id", "UTC")
     with pytest.raises(SchemaError, match=r"t\.name: has type Boolean, expected float64"):
-        cast_column(pl.Series("name", [True]), "float64", "t", "UTC")
+        cast_column(pl.Series("name", [True]), "float64", "t.name", "UTC")
 
 
 def test_truncated_parquet_is_a_read_error() -> None:

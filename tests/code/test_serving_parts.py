@@ -14,7 +14,8 @@ from starlette.requests import Request
 
 from fusion.settings import AuthConfig
 from serving.auth import Authenticator
-from serving.redis_guard import CircuitBreaker, row_digest
+from serving.breaker import CircuitBreaker
+from serving.prediction_cache import row_digest
 
 
 class Clock:

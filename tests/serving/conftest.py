@@ -33,9 +33,19 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
+    """The real Redis, on a database of the tests' own (not 0, where `make serve` keeps its state),
+    emptied before and after the session."""
+    import redis
+
     service = _service("redis")
     next(service)
-    yield f"redis://127.0.0.1:{os.environ.get('FUSION_REDIS_PORT', '6379')}/0"
+    port, db = os.environ.get("FUSION_REDIS_PORT", "6379"), os.environ.get("FUSION_TEST_REDIS_DB", "13")
+    url = f"redis://127.0.0.1:{port}/{db}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
     next(service, None)
 
 
@@ -53,7 +63,9 @@ def served(redis_url: str) -> Iterator[Served]:
     try:
         # Fewer boosting rounds than the shipped config: serving, not model quality, is under test.
         summary = run_pipeline(FLIGHTS_CONFIG, overrides={"dataset": {"model": {"num_boost_round": 60}}})
-        settings = with_overrides(load_settings(FLIGHTS_CONFIG), {"serving": {"port": port, "poll_s": 0.5}})
+        # Two replicas, as in production: metrics, cache and promotions are checked across replicas.
+        serving = {"port": port, "poll_s": 0.5, "replicas": 2}
+        settings = with_overrides(load_settings(FLIGHTS_CONFIG), {"serving": serving})
         start_serving(settings)
         yield Served(f"http://127.0.0.1:{port}", redis_url, settings, summary)
     finally:

@@ -151,6 +151,49 @@ def test_second_identical_request_is_answered_from_the_cache(served: Served) -> 
     assert metric(served, "fusion_serving_cache_hits_total") - before == 5
 
 
+def test_metrics_count_every_replicas_requests(served: Served) -> None:
+    """/metrics answers for all replicas, whichever answers the scrape: N requests show as N."""
+    rows = json_rows(feature_rows(served, 1))
+    columns = feature_rows(served, 1).columns
+
+    def counts() -> tuple[dict[str, float], float]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        by_replica: dict[str, float] = {}
+        observed = 0.0
+        for family in text_string_to_metric_families(httpx.get(f"{served.url}/metrics", timeout=30).text):
+            for sample in family.samples:
+                if sample.labels.get("route") != "/invocations":
+                    continue
+                if sample.name == "fusion_serving_requests_total":
+                    by_replica[sample.labels["replica"]] = by_replica.get(sample.labels["replica"], 0) + sample.value
+                elif sample.name == "fusion_serving_request_seconds_count":
+                    observed += sample.value
+        return by_replica, observed
+
+    before, observed_before = counts()
+    sent = 48
+
+    def send(worker: int) -> None:
+        with httpx.Client(timeout=30) as http:
+            for i in range(sent // 4):
+                data = [[*rows[0][:-1], float(worker * 1000 + i)]]
+                got = http.post(
+                    f"{served.url}/invocations", json={"dataframe_split": {"columns": columns, "data": data}}
+                )
+                assert got.status_code == 200, got.text
+
+    workers = [threading.Thread(target=send, args=(w,)) for w in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    after, observed_after = counts()
+    assert sum(after.values()) - sum(before.values()) == sent
+    assert observed_after - observed_before == sent  # the latency histogram saw each request once
+    assert len(after) == served.settings.serving.replicas  # each replica's own series, labelled
+
+
 def metric(served: Served, name: str) -> float:
     text = httpx.get(f"{served.url}/metrics", timeout=30).text
     return sum(
@@ -241,9 +284,9 @@ def test_promotion_under_load_switches_version_with_no_failed_request(served: Se
     new = client.copy_model_version(f"models:/{MODEL}/{old}", MODEL)
     client.set_registered_model_alias(MODEL, "champion", str(new.version))
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (not versions or versions[-1] != str(new.version)):
+    # every replica has switched once the last answers all come from the new version
+    while time.monotonic() < deadline and (len(versions) < 20 or set(versions[-20:]) != {str(new.version)}):
         time.sleep(0.2)
-    time.sleep(1.0)
     stop.set()
     for w in workers:
         w.join()
@@ -253,8 +296,12 @@ def test_promotion_under_load_switches_version_with_no_failed_request(served: Se
     assert versions[0] == old and versions[-1] == str(new.version)
 
 
-def wait_for_version(url: str, version: str, timeout_s: float = 30) -> None:
+def wait_for_version(url: str, version: str, timeout_s: float = 30, answers: int = 12) -> None:
+    """Until `answers` health checks in a row (spread over the replicas by Serve) name `version`."""
     deadline = time.monotonic() + timeout_s
-    while httpx.get(f"{url}/healthz", timeout=30).json()["version"] != version:
-        assert time.monotonic() < deadline, f"{url} still not serving version {version}"
-        time.sleep(0.2)
+    agreeing = 0
+    while agreeing < answers:
+        agreeing = agreeing + 1 if httpx.get(f"{url}/healthz", timeout=30).json()["version"] == version else 0
+        assert time.monotonic() < deadline, f"{url} still not serving version {version} on every replica"
+        if not agreeing:
+            time.sleep(0.2)

@@ -152,7 +152,11 @@ def secured(served: Served, kafka_bootstrap: str, tmp_path_factory: pytest.TempP
         served.settings,
         {
             "kafka_bootstrap_servers": kafka_bootstrap,
-            "serving": {"poll_s": 3600, "auth": {"enabled": True, "algorithm": "RS256", "key_file": str(public)}},
+            "serving": {
+                "replicas": 1,
+                "poll_s": 3600,
+                "auth": {"enabled": True, "algorithm": "RS256", "key_file": str(public)},
+            },
         },
     )
     bus = KafkaEventBus(kafka_bootstrap, settings_.events)  # creates the topics before the replica subscribes
