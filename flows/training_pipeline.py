@@ -1,45 +1,29 @@
-"""Flow `training_pipeline`: ingest -> validate -> features -> train -> evaluate -> register -> promote
--> online features (the per-group state serving reads).
+"""Flow `training_pipeline`: config -> ingest -> validate -> features -> train -> evaluate -> register
+-> promote -> online features (the per-group state serving reads).
 
-Composition only: which tasks, in which order, with which settings, and the
-event each stage emits. The work is in tasks/.
+Composition only: which stages run, in which order, with which inputs. The work is in tasks/; a
+run's bookkeeping (timing, events, summary, failure report) in tasks/pipeline_run.py.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import time
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
-from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
-from fusion.errors import FusionError
-from fusion.events import CloudEvent, EventSink, child_traceparent, new_traceparent
+from fusion.errors import FusionError, RunFailed
+from fusion.events import new_traceparent
 from fusion.lake import Lake
-from fusion.settings import DEFAULT_CONFIG, DaskConfig, Settings, load_settings, with_overrides
-from fusion.summary import RunMetrics, RunSummary, StageReport
+from fusion.settings import DEFAULT_CONFIG, DaskConfig, Settings, WorkerEnvironment, load_settings, with_overrides
+from fusion.summary import RunSummary
 from tasks import pipeline_tasks as stages
-from tasks.validate import load_suite
+from tasks.pipeline_run import PipelineRun
+from tasks.validate import load_suites
 
-progress = logging.getLogger("fusion.progress")
-SOURCE = "/fusion/flows/training_pipeline"
-
-
-class RunFailed(FusionError):
-    """A run that ended on bad data or config; carries the summary so far as JSON."""
-
-    def __init__(self, message: str, summary_json: str = "{}") -> None:
-        super().__init__(message, summary_json)
-        self.message = message
-        self.summary_json = summary_json
-
-    def __str__(self) -> str:
-        return self.message
+__all__ = ["RunFailed", "run_pipeline", "task_runner_for", "training_pipeline"]
 
 
 def task_runner_for(settings: Settings) -> DaskTaskRunner:
@@ -52,9 +36,8 @@ def deployment_task_runner() -> DaskTaskRunner:
     this module, before the run's config is read, so it comes from that process's environment
     (FUSION_DASK_ADDRESS, FUSION_PIPELINE__DASK__*; set them on the worker or in the deployment's
     job_variables.env). `fusion run` chooses per config with `task_runner_for`."""
-    given = {key: os.environ.get(f"FUSION_PIPELINE__DASK__{key.upper()}") for key in DaskConfig.model_fields}
-    local = DaskConfig.model_validate({key: value for key, value in given.items() if value is not None})
-    return dask_runner(os.environ.get("FUSION_DASK_ADDRESS") or None, local)
+    worker = WorkerEnvironment()
+    return dask_runner(worker.dask_address, worker.pipeline.dask)
 
 
 def dask_runner(address: str | None, local: DaskConfig) -> DaskTaskRunner:
@@ -71,38 +54,6 @@ def dask_runner(address: str | None, local: DaskConfig) -> DaskTaskRunner:
     )
 
 
-class StageRunner:
-    """Submits one stage at a time, times it, notes cache hits and emits the stage's event."""
-
-    def __init__(self, summary: RunSummary, sink: EventSink, dataset: str, traceparent: str, refresh: bool) -> None:
-        self.summary = summary
-        self.sink = sink
-        self.dataset = dataset
-        self.traceparent = traceparent
-        self.refresh = refresh
-
-    def run(self, name: str, task: Any, *args: Any) -> Any:
-        started = time.perf_counter()
-        future: PrefectFuture[Any] = task.with_options(refresh_cache=self.refresh or None).submit(*args)
-        future.wait()
-        result = future.result()
-        seconds = time.perf_counter() - started
-        cached = bool(future.state.name == "Cached")
-        self.summary.stages.append(StageReport(stage=name, seconds=round(seconds, 3), cached=cached))
-        progress.info("%s done in %.1f s%s", name, seconds, " (cached)" if cached else "", extra={"stage": name})
-        return result
-
-    def emit(self, type_: str, data: dict[str, Any]) -> None:
-        event = CloudEvent(
-            source=SOURCE,
-            type=type_,  # type: ignore[arg-type]
-            subject=self.dataset,
-            traceparent=child_traceparent(self.traceparent),
-            data={"run_id": self.summary.run_id, "dataset": self.dataset, **data},
-        )
-        stages.publish.submit(self.sink, event).result()
-
-
 @flow(
     name="training_pipeline",
     task_runner=deployment_task_runner(),  # type: ignore[arg-type]  # prefect-dask's generics lag Prefect's
@@ -112,136 +63,57 @@ def training_pipeline(
     traceparent: str | None = None,
     source_uri: str | None = None,
     overrides: dict[str, Any] | None = None,
+    settings: Settings | None = None,
 ) -> RunSummary:
-    """One run. `source_uri` replaces the primary table's URI (a new batch); `overrides` is a
-    settings-tree fragment applied on top of the config and the environment."""
-    started = time.perf_counter()
-    settings = with_overrides(load_settings(config), overrides, source_uri)
-    dataset = settings.dataset
-    lake = Lake(settings.resolved_lake_uri)
-    trace = traceparent or new_traceparent()
-    summary = RunSummary(run_id=str(flow_run.id) if flow_run.id else None, dataset=dataset.name, traceparent=trace)
-    sink = EventSink(settings.resolved_home, settings.kafka_bootstrap_servers, settings.events)
-    runner = StageRunner(summary, sink, dataset.name, trace, refresh=not settings.pipeline.cache)
-    stage = "ingest"
+    """One run. `source_uri` replaces the primary table's URI (a new batch); `overrides` is a settings-tree
+    fragment on top of the config and the environment; `settings`, when the caller has loaded them
+    already (`fusion run`), are used as given instead of reading `config` again."""
+    settings = settings or with_overrides(load_settings(config), overrides, source_uri)
+    dataset, home = settings.dataset, str(settings.resolved_home)
+    lake, registry = Lake(settings.resolved_lake_uri), settings.resolved_mlflow_uri
+    run = PipelineRun(settings, traceparent or new_traceparent(), str(flow_run.id) if flow_run.id else None)
     try:
-        fingerprints = runner.run("fingerprint", stages.fingerprint_sources, dataset.source)
-        batch = runner.run("ingest", stages.ingest, dataset.name, dataset.source, fingerprints, lake)
-        summary.batch_id, summary.rows_ingested = batch.batch_id, batch.rows[dataset.source.primary]
-        runner.emit(
-            "fusion.data.ready",
-            {"batch_id": batch.batch_id, "rows": batch.rows, "tables": batch.tables},
+        suites = run.check("config", load_suites, settings)
+        fingerprints = run.stage("fingerprint", stages.fingerprint_sources, dataset.source)
+        batch = run.stage("ingest", stages.ingest, dataset.name, dataset.source, fingerprints, lake)
+        run.ingested(batch, dataset.source.primary)
+        valid = run.stage(
+            "validate", stages.validate, batch, suites, dataset.validation, dataset.source.primary, lake, home
         )
-
-        stage = "validate"
-        suites = {table: load_suite(settings.suite_path(table)) for table in dataset.validation.suites}
-        gx_root = str(settings.resolved_home)  # GX keeps its project in <home>/gx
-        valid = runner.run(
-            "validate", stages.validate, batch, suites, dataset.validation, dataset.source.primary, lake, gx_root
+        run.validated(valid)
+        features = run.stage("features", stages.build_feature_table, valid, dataset, lake)
+        run.featured(features)
+        trained = run.stage("train", stages.train, features, dataset, lake, settings.pipeline.dask.threads_per_worker)
+        evaluation = run.stage("evaluate", stages.evaluate, trained, features, dataset, lake)
+        run.evaluated(evaluation)
+        report = {"validation_report.json": valid.report_uri}
+        registration = run.stage(
+            "register", stages.register, trained, evaluation, features, dataset, lake, report, registry
         )
-        summary.validation_success = True
-        summary.rows_rejected, summary.data_docs = valid.rows_rejected, valid.docs_index
-        runner.emit(
-            "fusion.data.validated",
-            {
-                "batch_id": batch.batch_id,
-                "rows_in": valid.rows_in,
-                "rows_rejected": valid.rows_rejected,
-                "report_uri": valid.report_uri,
-                "data_docs": valid.docs_index,
-            },
-        )
-
-        stage = "features"
-        features = runner.run("features", stages.build_feature_table, valid, dataset, lake)
-        runner.emit(
-            "fusion.features.ready",
-            {
-                "batch_id": batch.batch_id,
-                "rows": features.rows,
-                "uri": features.path,
-                "feature_spec_version": features.spec_version,
-                "features": len(features.feature_columns),
-            },
-        )
-
-        stage = "train"
-        threads = settings.pipeline.dask.threads_per_worker
-        trained = runner.run("train", stages.train, features, dataset, lake, threads)
-        evaluation = runner.run("evaluate", stages.evaluate, trained, features, dataset, lake)
-        summary.metrics = RunMetrics(**{k: v for k, v in evaluation.metrics().items() if k in RunMetrics.model_fields})
-
-        stage = "register"
-        tracking_uri = settings.resolved_mlflow_uri
-        extra = {"validation_report.json": valid.report_uri}
-        registration = runner.run(
-            "register", stages.register, trained, evaluation, features, dataset, lake, extra, tracking_uri
-        )
-        summary.model_name, summary.model_version = registration.model_name, registration.version
-        summary.mlflow_run_id = registration.run_id
-        runner.emit(
-            "fusion.model.trained",
-            {
-                "batch_id": batch.batch_id,
-                "model_name": registration.model_name,
-                "version": registration.version,
-                "mlflow_run_id": registration.run_id,
-                "metrics": evaluation.metrics(),
-            },
-        )
-        decision = runner.run(
-            "promote", stages.promote, registration, evaluation, features, dataset, lake, tracking_uri
-        )
-        summary.promoted, summary.aliases, summary.gate_reason = decision.promoted, decision.aliases, decision.reason
-        if decision.promoted:
-            runner.emit(
-                "fusion.model.promoted",
-                {
-                    "model_name": registration.model_name,
-                    "version": registration.version,
-                    "previous_version": decision.champion_version,
-                    "reason": decision.reason,
-                    "test_auc": evaluation.test_auc,
-                },
-            )
-
-        stage = "online-features"
-        online = runner.run("online-features", stages.materialize_online, valid, dataset, lake, settings.redis_url)
-        summary.online_features = online.manifest_uri
+        run.registered(registration, evaluation)
+        decision = run.stage("promote", stages.promote, registration, evaluation, features, dataset, lake, registry)
+        run.decided(decision, registration, evaluation)
+        online = run.stage("online-features", stages.materialize_online, valid, dataset, lake, settings.redis_url)
+        run.materialized(online)
     except FusionError as exc:
-        summary.error = f"{stage}: {exc}"
-        summary.duration_s = round(time.perf_counter() - started, 3)
-        if stage in ("ingest", "validate"):
-            summary.validation_success = False
-            summary.batch_id = summary.batch_id or exc.batch_id
-            summary.quarantine_uri = exc.quarantine_uri
-            runner.emit(
-                "fusion.data.rejected",
-                {
-                    "batch_id": summary.batch_id,
-                    "stage": stage,
-                    "reason": str(exc),
-                    "quarantine_uri": summary.quarantine_uri,
-                },
-            )
-        raise RunFailed(summary.error, summary.model_dump_json()) from exc
-    summary.duration_s = round(time.perf_counter() - started, 3)
-    return summary
+        raise run.failed(exc) from exc
+    return run.finish()
 
 
 def run_pipeline(
-    config: str | Path | None = None,
+    settings: Settings | str | Path | None = None,
     traceparent: str | None = None,
     source_uri: str | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> RunSummary:
-    """Run the flow with the task runner the settings choose; a failed run raises RunFailed."""
-    path = str(config or DEFAULT_CONFIG)
-    settings = with_overrides(load_settings(path), overrides, source_uri)
+    """Run the flow with the task runner the settings choose; a failed run raises RunFailed.
+
+    `settings`: loaded settings (used as they are), or a config path to read (default configs/flights.yaml)."""
+    if not isinstance(settings, Settings):
+        settings = load_settings(settings or DEFAULT_CONFIG)
+    settings = with_overrides(settings, overrides, source_uri)
     pipeline = training_pipeline.with_options(task_runner=task_runner_for(settings))  # type: ignore[arg-type]
-    state = pipeline(
-        config=path, traceparent=traceparent, source_uri=source_uri, overrides=overrides, return_state=True
-    )
+    state = pipeline(traceparent=traceparent, settings=settings, return_state=True)
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, BaseException):
         raise outcome

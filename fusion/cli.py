@@ -8,14 +8,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from fusion.settings import DEFAULT_CONFIG, load_settings, with_overrides
+from fusion.settings import DEFAULT_CONFIG, Settings, load_settings, with_overrides
 from fusion.summary import RunSummary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fusion: DAG-based ML pipeline.")
@@ -40,11 +41,19 @@ class ProgressHandler(logging.Handler):
         self.console.print(f"[dim]{elapsed:6.1f}s[/dim]  [green]✓[/green] {record.getMessage()}")
 
 
-def _fail(message: str, code: int, summary: dict[str, Any] | None, as_json: bool) -> None:
+def _fail(message: str, code: int, summary: dict[str, Any] | None, as_json: bool) -> NoReturn:
     if as_json:
         print(json.dumps(summary or {"error": message}))
-    err.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)  # escaped: [brackets] are the user's
     raise typer.Exit(code)
+
+
+def _settings(config: Path, as_json: bool = False) -> Settings:
+    """The settings of one command, loaded once; a bad config ends the command with one line (exit 2)."""
+    try:
+        return load_settings(config)
+    except (FileNotFoundError, ValidationError) as exc:
+        _fail(f"bad config {config}: {' '.join(str(exc).split())}", 2, None, as_json)
 
 
 @app.command()
@@ -55,12 +64,7 @@ def run(
 ) -> None:
     """Run the training pipeline on a dataset config and print its summary."""
     started = time.perf_counter()
-    try:
-        settings = load_settings(config)
-    except (FileNotFoundError, ValidationError) as exc:
-        first = str(exc).replace("\n", " ")
-        _fail(f"bad config {config}: {first}", 2, None, as_json)
-        return
+    settings = _settings(config, as_json)
     from fusion.runtime import prepare_environment, start_embedded_prefect_api
 
     prepare_environment(settings, verbose=verbose)
@@ -73,20 +77,19 @@ def run(
     progress.propagate = False
     progress.addHandler(ProgressHandler(err, started))
 
-    from flows.training_pipeline import RunFailed, run_pipeline  # imports Prefect: after the environment is set
+    from flows.training_pipeline import run_pipeline  # imports Prefect: after the environment is set
+    from fusion.errors import RunFailed
 
     if booting is not None:
         booting.join()
     try:
-        summary = run_pipeline(config)
+        summary = run_pipeline(settings)
     except RunFailed as exc:
         failed = json.loads(exc.summary_json)
         _fail(str(exc), 1, failed, as_json)
-        return
     except Exception as exc:  # unexpected: still one line, and the JSON object
         message = f"{type(exc).__name__}: {exc}".splitlines()[0]
         _fail(message, 1, {"dataset": settings.dataset.name, "validation_success": None, "error": message}, as_json)
-        return
     if as_json:
         print(summary.model_dump_json())
     show_summary(summary, settings.resolved_mlflow_uri)
@@ -103,11 +106,7 @@ def trigger(
     ] = 20,
 ) -> None:
     """Consume ingest requests from Kafka and start a pipeline run for each (until SIGTERM)."""
-    try:
-        settings = load_settings(config)
-    except (FileNotFoundError, ValidationError) as exc:
-        _fail(f"bad config {config}: {str(exc).splitlines()[0]}", 2, None, False)
-        return
+    settings = _settings(config)
     if not settings.kafka_bootstrap_servers:
         _fail(
             "fusion trigger needs FUSION_KAFKA_BOOTSTRAP_SERVERS (make up; infra/local/services.sh env)", 2, None, False
@@ -145,11 +144,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help="default: serving.port (8000)")] = None,
 ) -> None:
     """Serve the champion model over HTTP (Ray Serve) until Ctrl-C: /v1/predict, /invocations, /v2, /docs."""
-    try:
-        settings = load_settings(config)
-    except (FileNotFoundError, ValidationError) as exc:
-        _fail(f"bad config {config}: {str(exc).replace(chr(10), ' ')}", 2, None, False)
-        return
+    settings = _settings(config)
     given = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     if given:
         settings = with_overrides(settings, {"serving": given})

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -202,6 +202,16 @@ class PipelineConfig(Frozen):
     dask: DaskConfig = DaskConfig()
 
 
+class WorkerEnvironment(BaseSettings):
+    """The part of the settings a Prefect worker's own environment fixes before any run's config is read:
+    the Dask cluster its deployment runs use (FUSION_DASK_ADDRESS, FUSION_PIPELINE__DASK__*)."""
+
+    model_config = SettingsConfigDict(env_prefix="FUSION_", env_nested_delimiter="__", extra="ignore", frozen=True)
+
+    dask_address: str | None = None
+    pipeline: PipelineConfig = PipelineConfig()
+
+
 class EventsConfig(Frozen):
     """The event bus when Kafka is configured (FUSION_KAFKA_BOOTSTRAP_SERVERS)."""
 
@@ -233,7 +243,7 @@ class AuthConfig(Frozen):
 
     enabled: bool = False
     algorithm: Literal["HS256", "RS256"] = "HS256"
-    secret: str | None = Field(None, description="HS256 secret (prefer FUSION_SERVING__AUTH__SECRET)")
+    secret: SecretStr | None = Field(None, description="HS256 secret (prefer FUSION_SERVING__AUTH__SECRET)")
     key_file: Path | None = Field(None, description="HS256 secret or RS256 public key (PEM) in a file")
     scope: str = Field("predict", description="scope a token must carry (space-separated `scope` claim)")
     audience: str | None = None
@@ -286,7 +296,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Priority: explicit arguments, then FUSION_* env, then the YAML file.
-        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, deep_merge=True))
 
     @property
     def resolved_home(self) -> Path:
@@ -305,19 +315,28 @@ class Settings(BaseSettings):
 
 
 def load_settings(config: Path | str | None = None) -> Settings:
-    """Read a YAML config (default configs/flights.yaml), then FUSION_* env vars on top.
+    """Read a YAML config (default configs/flights.yaml), then its local overlay, then FUSION_* env vars on top.
 
-    A run's own changes go on top with `with_overrides` (deep-merged, unlike init arguments)."""
+    The overlay is `local/<same name>` beside the config (configs/local/ is git-ignored: per-machine
+    values and secret references), deep-merged over the committed file. A run's own changes go on top
+    with `with_overrides` (deep-merged, unlike init arguments)."""
     path = Path(config) if config else DEFAULT_CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
+    overlay = local_overlay(path)
+    files = [path, overlay] if overlay.is_file() else [path]
     bound = type(
         "BoundSettings",
         (Settings,),
-        {"model_config": {**Settings.model_config, "yaml_file": path}},
+        {"model_config": {**Settings.model_config, "yaml_file": files}},
     )
     settings: Settings = bound(config_dir=path.resolve().parent)
     return Settings.model_validate(settings.model_dump())
+
+
+def local_overlay(config: Path) -> Path:
+    """configs/local/<name>.yaml for configs/<name>.yaml."""
+    return config.parent / "local" / config.name
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

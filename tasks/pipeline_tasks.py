@@ -71,6 +71,8 @@ def stage_cache_key(context: Any, inputs: dict[str, Any]) -> str | None:
 
 
 STAGE_CACHE = CacheKeyFnPolicy(cache_key_fn=stage_cache_key)
+# Tag of the tasks that do I/O: they retry as `pipeline.retries` / `retry_delay_s` say (tasks/pipeline_run.py).
+IO = "io"
 
 
 def retry_unless_bad_data(task: Any, task_run: Any, state: Any) -> bool:
@@ -84,31 +86,19 @@ def retry_unless_bad_data(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-@task(name="fingerprint-sources", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_bad_data)
+@task(name="fingerprint-sources", tags={IO}, retry_condition_fn=retry_unless_bad_data)
 def fingerprint_sources(source: SourceConfig) -> dict[str, str]:
     return {table: source_fingerprint(cfg.uri) for table, cfg in source.tables.items()}
 
 
-@task(
-    name="ingest",
-    cache_policy=STAGE_CACHE,
-    persist_result=True,
-    retries=2,
-    retry_delay_seconds=2,
-    retry_condition_fn=retry_unless_bad_data,
-)
+@task(name="ingest", tags={IO}, cache_policy=STAGE_CACHE, persist_result=True, retry_condition_fn=retry_unless_bad_data)
 def ingest(dataset: str, source: SourceConfig, fingerprints: dict[str, str], lake: Lake) -> IngestedBatch:
     # `fingerprints` is not read here: it is part of the cache key, so changed sources re-ingest.
     return ingest_tables(dataset, source, lake)
 
 
 @task(
-    name="validate",
-    cache_policy=STAGE_CACHE,
-    persist_result=True,
-    retries=2,
-    retry_delay_seconds=2,
-    retry_condition_fn=retry_unless_bad_data,
+    name="validate", tags={IO}, cache_policy=STAGE_CACHE, persist_result=True, retry_condition_fn=retry_unless_bad_data
 )
 def validate(
     batch: IngestedBatch,
@@ -171,7 +161,7 @@ def evaluate(
     )
 
 
-@task(name="register", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_bad_data)
+@task(name="register", tags={IO}, retry_condition_fn=retry_unless_bad_data)
 def register(
     trained: TrainedModel,
     evaluation: Evaluation,
@@ -185,7 +175,7 @@ def register(
     return register_model(trained, evaluation, dataset, features.batch_id, example, lake, extra_artifacts, tracking_uri)
 
 
-@task(name="promote", retries=2, retry_delay_seconds=2)
+@task(name="promote", tags={IO}, retry_condition_fn=retry_unless_bad_data)
 def promote(
     registration: Registration,
     evaluation: Evaluation,
@@ -198,7 +188,7 @@ def promote(
     return promote_if_better(registration, evaluation, test, features.target, dataset.gate, tracking_uri)
 
 
-@task(name="online-features", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(name="online-features", tags={IO}, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_bad_data)
 def materialize_online(
     batch: ValidatedBatch, dataset: DatasetConfig, lake: Lake, redis_url: str | None
 ) -> Materialized:
@@ -225,7 +215,7 @@ def materialize_online(
     )
 
 
-@task(name="publish-event", retries=3, retry_delay_seconds=1, cache_policy=NO_CACHE)
+@task(name="publish-event", tags={IO}, cache_policy=NO_CACHE)
 def publish(sink: EventSink, event: CloudEvent) -> str:
     sink.bus().publish(event)
     return event.id

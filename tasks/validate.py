@@ -14,9 +14,9 @@ from typing import Any
 
 import polars as pl
 
-from fusion.errors import ValidationFailed
+from fusion.errors import ConfigError, ValidationFailed
 from fusion.lake import Lake
-from fusion.settings import ValidationConfig
+from fusion.settings import Settings, ValidationConfig
 from tasks.ingest import IngestedBatch
 
 
@@ -52,10 +52,18 @@ class SuiteRun:
 
 
 def load_suite(path: Path) -> dict[str, Any]:
-    suite: dict[str, Any] = json.loads(path.read_text())
-    if "name" not in suite or not isinstance(suite.get("expectations"), list):
-        raise ValueError(f"{path}: a suite needs 'name' and a list of 'expectations'")
+    try:
+        suite: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"expectation suite {path}: {exc}") from exc
+    if not isinstance(suite, dict) or "name" not in suite or not isinstance(suite.get("expectations"), list):
+        raise ConfigError(f"{path}: a suite needs 'name' and a list of 'expectations'")
     return suite
+
+
+def load_suites(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Each table's suite (paths relative to the config file's folder), read before any data is."""
+    return {table: load_suite(settings.suite_path(table)) for table in settings.dataset.validation.suites}
 
 
 def _gx_context(gx_root: Path) -> Any:

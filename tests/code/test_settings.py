@@ -59,3 +59,25 @@ def test_every_committed_config_loads() -> None:
         settings = load_settings(path)
         for table in settings.dataset.validation.suites:
             assert settings.suite_path(table).is_file(), f"{path.name}: suite for {table} missing"
+
+
+def test_a_local_overlay_deep_merges_over_the_committed_config_and_env_still_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """configs/local/<name>.yaml (git-ignored) changes single keys of configs/<name>.yaml; FUSION_* beats both."""
+    import shutil
+
+    config = tmp_path / "flights.yaml"
+    shutil.copy(REPO / "configs/flights.yaml", config)
+    shutil.copytree(REPO / "configs/expectations", tmp_path / "expectations")
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "flights.yaml").write_text(
+        "dataset:\n  gate:\n    min_delta: 0.01\n  model:\n    num_boost_round: 7\npipeline:\n  retries: 0\n"
+    )
+    monkeypatch.setenv("FUSION_DATASET__MODEL__NUM_BOOST_ROUND", "9")
+    settings = load_settings(config)
+    committed = load_settings(REPO / "configs/flights.yaml")
+    assert settings.dataset.gate.min_delta == 0.01 and settings.pipeline.retries == 0  # from the overlay
+    assert settings.dataset.model.num_boost_round == 9  # the environment wins over the overlay
+    assert settings.dataset.model.params == committed.dataset.model.params  # siblings of overlaid keys kept
+    assert settings.dataset.source == committed.dataset.source

@@ -1,0 +1,157 @@
+"""One run's bookkeeping, so the flow only says which stages run in which order: each stage submitted,
+timed and noted as cached or not; the event each stage announces; the summary; the failure report.
+
+A failure is labelled by the stage that was running when it happened (`evaluate: ...`), never by a
+name the flow keeps by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from prefect.futures import PrefectFuture
+
+from fusion.errors import FusionError, RunFailed
+from fusion.events import CloudEvent, EventSink, EventType, child_traceparent
+from fusion.settings import PipelineConfig, Settings
+from fusion.summary import RunMetrics, RunSummary, StageReport
+from tasks import pipeline_tasks as stages
+from tasks.evaluate import Evaluation
+from tasks.features import FeatureSet
+from tasks.ingest import IngestedBatch
+from tasks.online_store import Materialized
+from tasks.register import GateDecision, Registration
+from tasks.validate import ValidatedBatch
+
+progress = logging.getLogger("fusion.progress")
+SOURCE = "/fusion/flows/training_pipeline"
+DATA_STAGES = ("fingerprint", "ingest", "validate")  # a failure here rejects the batch
+
+
+class PipelineRun:
+    def __init__(self, settings: Settings, traceparent: str, run_id: str | None) -> None:
+        self.pipeline: PipelineConfig = settings.pipeline
+        self.dataset = settings.dataset.name
+        self.traceparent = traceparent
+        self.sink = EventSink(settings.resolved_home, settings.kafka_bootstrap_servers, settings.events)
+        self.summary = RunSummary(run_id=run_id, dataset=self.dataset, traceparent=traceparent)
+        self.stage_name = "run"
+        self.started = time.perf_counter()
+
+    def check(self, name: str, check: Any, *args: Any) -> Any:
+        """A quick step in the flow's own process (no task, not reported): its failure is labelled `name`."""
+        self.stage_name = name
+        return check(*args)
+
+    def stage(self, name: str, task: Any, *args: Any) -> Any:
+        """Run one stage as a Prefect task and wait for it; I/O stages retry as `pipeline.retries` says."""
+        self.stage_name = name
+        started = time.perf_counter()
+        options: dict[str, Any] = {"refresh_cache": None if self.pipeline.cache else True}
+        if stages.IO in task.tags:
+            options |= {"retries": self.pipeline.retries, "retry_delay_seconds": self.pipeline.retry_delay_s}
+        future: PrefectFuture[Any] = task.with_options(**options).submit(*args)
+        future.wait()
+        result = future.result()
+        seconds = time.perf_counter() - started
+        cached = bool(future.state.name == "Cached")
+        self.summary.stages.append(StageReport(stage=name, seconds=round(seconds, 3), cached=cached))
+        progress.info("%s done in %.1f s%s", name, seconds, " (cached)" if cached else "", extra={"stage": name})
+        return result
+
+    def announce(self, type_: EventType, data: dict[str, Any]) -> None:
+        event = CloudEvent(
+            source=SOURCE,
+            type=type_,
+            subject=self.dataset,
+            traceparent=child_traceparent(self.traceparent),
+            data={"run_id": self.summary.run_id, "dataset": self.dataset, **data},
+        )
+        publish = stages.publish.with_options(
+            retries=self.pipeline.retries, retry_delay_seconds=self.pipeline.retry_delay_s
+        )
+        publish.submit(self.sink, event).result()
+
+    def ingested(self, batch: IngestedBatch, primary: str) -> None:
+        self.summary.batch_id, self.summary.rows_ingested = batch.batch_id, batch.rows[primary]
+        self.announce("fusion.data.ready", {"batch_id": batch.batch_id, "rows": batch.rows, "tables": batch.tables})
+
+    def validated(self, valid: ValidatedBatch) -> None:
+        self.summary.validation_success = True
+        self.summary.rows_rejected, self.summary.data_docs = valid.rows_rejected, valid.docs_index
+        data = {
+            "batch_id": valid.batch_id,
+            "rows_in": valid.rows_in,
+            "rows_rejected": valid.rows_rejected,
+            "rejected_by_table": valid.rejected_by_table,
+            "report_uri": valid.report_uri,
+            "data_docs": valid.docs_index,
+        }
+        self.announce("fusion.data.validated", data)
+
+    def featured(self, features: FeatureSet) -> None:
+        data = {
+            "batch_id": features.batch_id,
+            "rows": features.rows,
+            "uri": features.path,
+            "feature_spec_version": features.spec_version,
+            "features": len(features.feature_columns),
+        }
+        self.announce("fusion.features.ready", data)
+
+    def evaluated(self, evaluation: Evaluation) -> None:
+        metrics = {k: v for k, v in evaluation.metrics().items() if k in RunMetrics.model_fields}
+        self.summary.metrics = RunMetrics(**metrics)
+
+    def registered(self, registration: Registration, evaluation: Evaluation) -> None:
+        self.summary.model_name, self.summary.model_version = registration.model_name, registration.version
+        self.summary.mlflow_run_id = registration.run_id
+        data = {
+            "batch_id": self.summary.batch_id,
+            "model_name": registration.model_name,
+            "version": registration.version,
+            "mlflow_run_id": registration.run_id,
+            "metrics": evaluation.metrics(),
+        }
+        self.announce("fusion.model.trained", data)
+
+    def decided(self, decision: GateDecision, registration: Registration, evaluation: Evaluation) -> None:
+        summary = self.summary
+        summary.promoted, summary.aliases, summary.gate_reason = decision.promoted, decision.aliases, decision.reason
+        if decision.promoted:
+            data = {
+                "model_name": registration.model_name,
+                "version": registration.version,
+                "previous_version": decision.champion_version,
+                "reason": decision.reason,
+                "test_auc": evaluation.test_auc,
+            }
+            self.announce("fusion.model.promoted", data)
+
+    def materialized(self, online: Materialized) -> None:
+        self.summary.online_features = online.manifest_uri
+
+    def failed(self, exc: FusionError) -> RunFailed:
+        """The run's end on bad data or config: the summary names the stage; a batch that never
+        passed validation is announced as rejected, with where it was quarantined."""
+        summary = self.summary
+        summary.error = f"{self.stage_name}: {exc}"
+        summary.duration_s = round(time.perf_counter() - self.started, 3)
+        if self.stage_name in DATA_STAGES:
+            summary.validation_success = False if self.stage_name == "validate" else None
+            summary.batch_id = summary.batch_id or exc.batch_id
+            summary.quarantine_uri = exc.quarantine_uri
+            data = {
+                "batch_id": summary.batch_id,
+                "stage": self.stage_name,
+                "reason": str(exc),
+                "quarantine_uri": summary.quarantine_uri,
+            }
+            self.announce("fusion.data.rejected", data)
+        return RunFailed(summary.error, summary.model_dump_json())
+
+    def finish(self) -> RunSummary:
+        self.summary.duration_s = round(time.perf_counter() - self.started, 3)
+        return self.summary
