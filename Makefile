@@ -53,9 +53,10 @@ deploy: setup ## register prefect.yaml's deployments on the local Prefect server
 status: ## which local services are running
 	infra/local/services.sh status
 
-lint: setup ## ruff lint and format check
+lint: setup ## ruff lint and format check; import-linter: the layer contract in pyproject.toml
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 typecheck: setup ## mypy over the packages
 	$(VENV)/bin/mypy fusion tasks flows serving benchmarks
@@ -65,11 +66,11 @@ rust-check: setup ## rust_ext: cargo fmt --check, clippy (warnings are errors) a
 	cd rust_ext && PYO3_PYTHON=$(abspath $(PY)) cargo clippy --locked --all-targets -- -D warnings
 	cd rust_ext && PYO3_PYTHON=$(abspath $(PY)) cargo test --locked
 
-test: setup lint typecheck rust-check ## lint, types, Rust checks and the whole pytest suite (unit, point-in-time, integration)
+test: setup lint typecheck rust-check ## lint, layers, types, Rust checks and the whole pytest suite, in random order
 	$(VENV)/bin/pytest
 
-test-fast: setup ## unit tests only (no whole-pipeline runs)
-	$(VENV)/bin/pytest -m "not integration"
+test-fast: setup ## unit, data and property tests: no services, no whole-pipeline runs (about a minute)
+	$(VENV)/bin/pytest -m "not integration and not services"
 
 bench: setup ## pipeline benchmark: orchestrated vs plain-script floor -> docs/BENCHMARKS.md
 	$(PY) -m benchmarks.pipeline --write docs/BENCHMARKS.md

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ["ingest", "validate", "features", "train", "evaluate", "register", "promote"]
+STAGES = ["ingest", "validate", "features", "train", "evaluate", "register", "promote", "online-features"]
 
 
 class PeakRss:
@@ -73,6 +73,8 @@ def floor(config: str) -> dict[str, Any]:
     from tasks import features as feature_code
     from tasks.evaluate import evaluate_model
     from tasks.ingest import ingest_tables
+    from tasks.online import online_state
+    from tasks.online_store import load_into_redis, redis_client, write_snapshot
     from tasks.register import promote_if_better, register_model
     from tasks.train import split_by_time, train_lightgbm
     from tasks.validate import load_suite, validate_batch
@@ -95,6 +97,19 @@ def floor(config: str) -> dict[str, Any]:
         path = lake.path("features", dataset.name, "floor.parquet")
         lake.write_parquet(frame, path)
         return path, feature_code.categorical_names(frame, feature_code.feature_names(dataset.features))
+
+    def online_features() -> Any:
+        # as the flow's online-features stage: each group's latest state, a lake snapshot, Redis when configured
+        tables = {n: lake.read_parquet(p) for n, p in state["validate"].tables.items()}
+        online = online_state(tables, dataset.source.primary, dataset.features, dataset.prediction_time)
+        manifest = write_snapshot(lake, dataset.name, dataset.features, state["ingest"].batch_id, online)
+        if settings.redis_url:
+            client = redis_client(settings.redis_url)
+            try:
+                load_into_redis(client, dataset.features, manifest, online.frames)
+            finally:
+                client.close()
+        return manifest
 
     def split() -> Any:
         frame = lake.read_parquet(state["features"][0])
@@ -138,6 +153,7 @@ def floor(config: str) -> dict[str, Any]:
             state["register"], state["evaluate"], split().test, target, dataset.gate, settings.resolved_mlflow_uri
         ),
     )
+    timed("online-features", online_features)
     return {"stages": stages, "test_auc": state["evaluate"].test_auc}
 
 

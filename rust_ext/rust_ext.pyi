@@ -1,6 +1,9 @@
 """Fusion's native feature kernels. Arrays in: anything with the Arrow PyCapsule interface (polars Series,
-pyarrow arrays), read chunk by chunk without a copy; arrays out: Arrow arrays that `polars.Series(...)`
-takes without a copy. Keys are string or integer columns (a row with a null key has no group)."""
+pyarrow arrays). `window_aggregates` and `asof_index` read keys, times and values chunk by chunk without a
+copy (the as-of `order_by` columns are joined into one array); `haversine_km` and `cross_hash` join each
+input's chunks into one array first (a copy when it has several chunks). Arrays out: Arrow arrays that
+`polars.Series(...)` takes without a copy. Keys are string or integer columns (a row with a null key has
+no group)."""
 
 from collections.abc import Sequence
 from typing import Any
@@ -10,7 +13,8 @@ def window_aggregates(
 ) -> list[list[Any]]:
     """Per spec (keys, known_at Int64, value Float64, windows, aggs among count/sum/mean/max), per window
     and aggregate in order: `<agg>_<w>` (Float64) over the row's group's events with
-    at - w <= known_at < at (at Int64). Specs passing the same key or known_at columns share the work."""
+    at - w <= known_at < at (at Int64). Specs passing the same key columns share their group ids and
+    queries; each spec's events are bucketed and sorted on their own, whatever known_at column it passes."""
 
 def asof_index(
     left_keys: Sequence[Any],

@@ -323,8 +323,8 @@ def asof_index(
 def lookup_index(left_keys: pl.Series | Sequence[pl.Series], right_keys: pl.Series | Sequence[pl.Series]) -> pl.Series:
     """For each left row, the row number (UInt32) of the first right row with the same keys; null where none.
 
-    Polars' hash join, not a Rust kernel: one written on the group ids of the as-of kernel measured
-    1.06x Polars on the flights lookup and 0.8x at 1 M rows (docs/BENCHMARKS.md), so it was not kept.
+    Polars' hash join, not a Rust kernel: one written on the group ids of the as-of kernel did not beat
+    it, so it was not kept (figures: docs/BENCHMARKS.md, "Feature step: where the time goes").
     """
     lk, rk = _key_pairs(_keys("left_keys", left_keys), _keys("right_keys", right_keys))
     k = [f"_k{j}" for j in range(len(lk))]

@@ -139,8 +139,9 @@ pub fn window_aggregates(specs: &[WindowSpec<'_>], at: &Chunks) -> Result<Vec<Ve
         }
     }
 
-    // Each distinct key set and time column once (distinct = other buffers). Work that several specs
-    // share is done once; a known_at column's structures are dropped before the next one is built.
+    // Each distinct key set once (distinct = other buffers): specs passing the same key columns share
+    // its group ids and each group's queries. known_at columns are not de-duplicated: each spec's events
+    // are bucketed and sorted on their own, and dropped before the next spec's are built.
     let key_sets = distinct(specs.iter().map(|s| s.keys.as_slice()), |a, b| {
         a.len() == b.len() && a.iter().zip(*b).all(|(x, y)| same_arrays(x, y))
     });

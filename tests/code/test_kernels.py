@@ -122,8 +122,9 @@ def test_window_aggregate_rust_equals_polars_equals_brute_force(frame: dict[str,
 def test_specs_sharing_columns_equal_each_alone(
     frame: dict[str, Any], other: int, plans: list[tuple[bool, list[int], list[str]]]
 ) -> None:
-    """Rust shares group ids and time sorts between specs that pass the same Series; the answers
-    must be those of each spec on its own, and the twin's."""
+    """Rust shares group ids and each group's queries between specs that pass the same key Series (each
+    spec's events are sorted on their own, whether its known_at is shared or not); the answers must be
+    those of each spec on its own, and the twin's."""
     shifted = frame["known_at"] + other
     specs = [
         kernels.WindowSpec(frame["keys"], frame["known_at"] if same else shifted, frame["value"], windows, aggs)

@@ -90,7 +90,7 @@ def test_failed_run_exits_non_zero_with_one_line_and_json(tmp_path: Path) -> Non
     done = fusion(tmp_path / "home", env={"FUSION_DATASET__SOURCE__TABLES__FLIGHTS__URI": str(bad)})
     assert done.returncode == 1
     summary = json.loads(done.stdout)
-    assert summary["validation_success"] is False and summary["model_version"] is None
+    assert summary["validation_success"] is None and summary["model_version"] is None  # ingest refused: never validated
     assert summary["error"].startswith("ingest: table flights: missing column(s) day, dep_time")
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "missing column(s)" in errors[0]

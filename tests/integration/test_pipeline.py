@@ -51,6 +51,18 @@ def sample_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("sample-home")
 
 
+@pytest.fixture(scope="module")
+def first_run(sample_home: Path, sample_source: Path) -> RunSummary:
+    """The first run into the (then empty) sample home, done once for the module, whichever test asks first.
+
+    Tests that run again in the sample home predict their outcome from this summary and from what the
+    registry holds just before their own run, never from which other tests ran before them."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FUSION_HOME", str(sample_home))
+        patch.setenv("FUSION_DATASET__SOURCE__TABLES__FLIGHTS__URI", str(sample_source))
+        return run()
+
+
 @pytest.fixture
 def on_sample(monkeypatch: pytest.MonkeyPatch, sample_home: Path, sample_source: Path) -> Path:
     monkeypatch.setenv("FUSION_HOME", str(sample_home))
@@ -58,8 +70,12 @@ def on_sample(monkeypatch: pytest.MonkeyPatch, sample_home: Path, sample_source:
     return sample_home
 
 
-def test_sample_run_end_to_end(on_sample: Path, sample_source: Path) -> None:
-    summary = run()
+def version_numbers(home: Path, name: str) -> set[int]:
+    return {int(v.version) for v in mlflow_versions(home, name)}
+
+
+def test_sample_run_end_to_end(first_run: RunSummary, on_sample: Path, sample_source: Path) -> None:
+    summary = first_run
     assert summary.validation_success and summary.rows_rejected == 0
     assert summary.rows_ingested == pl.scan_parquet(sample_source).select(pl.len()).collect().item() > 100_000
     assert summary.metrics.test_auc is not None and summary.metrics.baseline_auc is not None
@@ -77,6 +93,7 @@ def test_sample_run_end_to_end(on_sample: Path, sample_source: Path) -> None:
     assert events[0].data["batch_id"] == summary.batch_id
 
     # The registered champion is the model that was evaluated: its own predict gives the same AUC.
+    # (By this run's version and feature file: other tests may add versions and feature files later.)
     import mlflow.pyfunc
     from sklearn.metrics import roc_auc_score
 
@@ -85,22 +102,28 @@ def test_sample_run_end_to_end(on_sample: Path, sample_source: Path) -> None:
 
     settings = load_settings("configs/flights.yaml")
     mlflow.set_tracking_uri(settings.resolved_mlflow_uri)
-    model = mlflow.pyfunc.load_model("models:/flights_delay@champion")
-    features_path = next((on_sample / "lake" / "features" / "flights" / summary.batch_id).glob("*.parquet"))
+    champion = mlflow_client(on_sample).get_model_version_by_alias("flights_delay", "champion")
+    assert str(champion.version) == summary.model_version
+    model = mlflow.pyfunc.load_model(f"models:/flights_delay/{summary.model_version}")
+    features_path = Path(events[STAGE_EVENTS.index("fusion.features.ready")].data["uri"])
+    assert summary.batch_id
+    batch_dir = on_sample / "lake" / "features" / "flights" / summary.batch_id
+    assert features_path.is_file() and features_path.parent.resolve() == batch_dir.resolve()
     test = split_by_time(
         pl.read_parquet(features_path), "sched_dep", settings.dataset.split, settings.dataset.features.timezone
     ).test
     columns = [c.name for c in model.metadata.get_input_schema().inputs]
     auc = roc_auc_score(test["delayed"].to_numpy(), model.predict(test.select(columns).to_pandas()))
     assert auc == pytest.approx(summary.metrics.test_auc, abs=1e-9)
-    version = mlflow_versions(on_sample, "flights_delay")[0]
+    version = mlflow_client(on_sample).get_model_version("flights_delay", summary.model_version)
     assert version.tags["fusion.gate.decision"] == "promoted" and version.tags["fusion.batch_id"] == summary.batch_id
     # the model's files live in this FUSION_HOME, not in whatever directory the run started from
     artifacts = mlflow_client(on_sample).get_model_version_download_uri("flights_delay", version.version)
     assert Path(artifacts.removeprefix("file://")).resolve().is_relative_to((on_sample / "mlartifacts").resolve())
 
 
-def test_second_run_hits_the_cache_and_reuses_the_version(on_sample: Path) -> None:
+def test_second_run_hits_the_cache_and_reuses_the_version(first_run: RunSummary, on_sample: Path) -> None:
+    versions_before = version_numbers(on_sample, "flights_delay")
     summary = run()
     cached = {s.stage: s.cached for s in summary.stages}
     assert cached == {
@@ -114,21 +137,31 @@ def test_second_run_hits_the_cache_and_reuses_the_version(on_sample: Path) -> No
         "promote": False,
         "online-features": False,  # never cached: Redis may have lost the state since
     }
-    assert summary.model_version == "1" and not summary.promoted and summary.gate_reason == "already the champion"
-    assert len(mlflow_versions(on_sample, "flights_delay")) == 1
+    assert summary.batch_id == first_run.batch_id and summary.model_version == first_run.model_version
+    assert not summary.promoted and summary.gate_reason == "already the champion"
+    # no new version: the registry holds what it held before this run
+    assert version_numbers(on_sample, "flights_delay") == versions_before
 
 
-def test_config_change_invalidates_downstream_and_gate_judges(on_sample: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_change_invalidates_downstream_and_gate_judges(
+    first_run: RunSummary, on_sample: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    versions_before = version_numbers(on_sample, "flights_delay")
+    assert first_run.model_version and int(first_run.model_version) in versions_before
     monkeypatch.setenv("FUSION_DATASET__MODEL__PARAMS__NUM_LEAVES", "7")
     monkeypatch.setenv("FUSION_DATASET__GATE__MIN_DELTA", "0.5")  # impossible to beat: must not be promoted
     summary = run()
     cached = {s.stage: s.cached for s in summary.stages}
     assert cached["ingest"] and cached["validate"] and not cached["features"] and not cached["train"]
-    assert summary.model_version == "2" and not summary.promoted
+    # a new version, next in the registry's numbering, whichever tests ran in this home before
+    new_version = str(max(versions_before) + 1)
+    assert summary.model_version == new_version and not summary.promoted
     assert summary.aliases == ["challenger"] and "< min_delta 0.5" in (summary.gate_reason or "")
     versions = {str(v.version): v for v in mlflow_versions(on_sample, "flights_delay")}
-    assert versions["2"].tags["fusion.gate.decision"] == "rejected"
-    assert str(mlflow_client(on_sample).get_model_version_by_alias("flights_delay", "champion").version) == "1"
+    assert set(versions) == {*map(str, versions_before), new_version}
+    assert versions[new_version].tags["fusion.gate.decision"] == "rejected"
+    champion = mlflow_client(on_sample).get_model_version_by_alias("flights_delay", "champion")
+    assert str(champion.version) == first_run.model_version
 
 
 def flights_csv(flights: pl.DataFrame) -> pl.DataFrame:
@@ -183,24 +216,26 @@ def test_bad_data_is_quarantined_and_registers_nothing(
     make_bad: Any,
     stage: str,
     message: str,
-    on_sample: Path,
+    fusion_home: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     flights_tables: dict[str, pl.DataFrame],
 ) -> None:
     from flows.training_pipeline import RunFailed
 
-    versions_before = len(mlflow_versions(on_sample, "flights_delay"))
+    # A home of its own: what it finds there does not depend on which tests ran before.
+    versions_before = len(mlflow_versions(fusion_home, "flights_delay"))
     bad = make_bad(tmp_path, flights_tables["flights"].head(20_000))
     monkeypatch.setenv("FUSION_DATASET__SOURCE__TABLES__FLIGHTS__URI", str(bad))
     with pytest.raises(RunFailed) as failure:
         run()
     summary = RunSummary.model_validate_json(failure.value.summary_json)
     assert summary.error and summary.error.startswith(f"{stage}: ") and message in summary.error
-    assert summary.validation_success is False and summary.model_version is None
+    # validation failed, or never ran when ingest refused the batch
+    assert summary.validation_success is (False if stage == "validate" else None) and summary.model_version is None
     assert summary.quarantine_uri and Path(summary.quarantine_uri, "reason.json").is_file()
-    assert len(mlflow_versions(on_sample, "flights_delay")) == versions_before
-    last = JsonlEventBus(on_sample / "events" / "events.jsonl").read()[-1]
+    assert len(mlflow_versions(fusion_home, "flights_delay")) == versions_before
+    last = JsonlEventBus(fusion_home / "events" / "events.jsonl").read()[-1]
     assert last.type == "fusion.data.rejected" and message in last.data["reason"]
     assert last.data["quarantine_uri"] == summary.quarantine_uri
 
