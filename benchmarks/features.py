@@ -193,7 +193,7 @@ def run_case(kernel: str, impl: str, rows: int, repeat: int) -> dict[str, float]
         return measured(lambda: kernels.asof_index(lk, lt, rk, rt, tolerance=TOLERANCE, using=using), repeat)
     if kernel == "feature_step":
         from benchmarks.features_pandas import build_features_pandas
-        from fusion.settings import load_settings
+        from fusion.core.settings import load_settings
         from tasks.features import build_features
         from tasks.ingest import enforce_schema, parse_table, read_source_bytes
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fusion.settings import DatasetConfig
+from fusion.core.settings import DatasetConfig
 
 _MASK = (1 << 64) - 1
 

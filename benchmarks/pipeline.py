@@ -64,12 +64,12 @@ class PeakRss:
 
 def floor(config: str) -> dict[str, Any]:
     """The pipeline's stage functions in plain Python, timed one by one (runs in a child process)."""
+    from fusion.core.settings import load_settings
     from fusion.runtime import prepare_environment
-    from fusion.settings import load_settings
 
     settings = load_settings(config)
     prepare_environment(settings)
-    from fusion.lake import Lake
+    from fusion.core.lake import Lake
     from tasks import features as feature_code
     from tasks.evaluate import evaluate_model
     from tasks.ingest import ingest_tables

@@ -14,11 +14,11 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
-from fusion.errors import FusionError, RunFailed
-from fusion.events import new_traceparent
-from fusion.lake import Lake
-from fusion.settings import DEFAULT_CONFIG, DaskConfig, Settings, WorkerEnvironment, load_settings, with_overrides
-from fusion.summary import RunSummary
+from fusion.core.errors import FusionError, RunFailed
+from fusion.core.events import new_traceparent
+from fusion.core.lake import Lake
+from fusion.core.settings import DEFAULT_CONFIG, DaskConfig, Settings, WorkerEnvironment, load_settings, with_overrides
+from fusion.core.summary import RunSummary
 from tasks import pipeline_tasks as stages
 from tasks.pipeline_run import PipelineRun
 from tasks.validate import load_suites

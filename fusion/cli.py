@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fusion.settings import DEFAULT_CONFIG, Settings, load_settings, with_overrides
-from fusion.summary import RunSummary
+from fusion.core.settings import DEFAULT_CONFIG, Settings, load_settings, with_overrides
+from fusion.core.summary import RunSummary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fusion: DAG-based ML pipeline.")
 err = Console(stderr=True, highlight=False)
@@ -78,7 +78,7 @@ def run(
     progress.addHandler(ProgressHandler(err, started))
 
     from flows.training_pipeline import run_pipeline  # imports Prefect: after the environment is set
-    from fusion.errors import RunFailed
+    from fusion.core.errors import RunFailed
 
     if booting is not None:
         booting.join()

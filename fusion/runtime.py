@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
-from fusion.settings import Settings
+from fusion.core.settings import Settings
 
 
 def prepare_environment(settings: Settings, verbose: bool = False) -> None:

@@ -25,8 +25,8 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fusion.events import CloudEvent, durable_producer, ensure_topics
-from fusion.settings import EventsConfig, load_settings, with_overrides
+from fusion.core.events import CloudEvent, durable_producer, ensure_topics
+from fusion.core.settings import EventsConfig, load_settings, with_overrides
 
 log = logging.getLogger("fusion.trigger")
 MAX_EVENT_BYTES = 256 * 1024

@@ -20,7 +20,7 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from fusion.settings import Settings
+from fusion.core.settings import Settings
 from serving.http import build_http_app
 from serving.model_server import ModelCore, ServingArgs
 

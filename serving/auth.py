@@ -8,7 +8,7 @@ from typing import Any
 import jwt
 from fastapi import HTTPException, Request
 
-from fusion.settings import AuthConfig
+from fusion.core.settings import AuthConfig
 
 
 class Authenticator:

@@ -22,7 +22,7 @@ from prometheus_client.metrics_core import Metric
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fusion.errors import TypeMismatch
+from fusion.core.errors import TypeMismatch
 from serving.auth import Authenticator
 from serving.metrics import ServingMetrics, replicas_exposition
 from serving.model_server import NotReady, ServingArgs

@@ -16,8 +16,8 @@ import polars as pl
 from prometheus_client.metrics_core import Metric
 from pydantic import BaseModel
 
-from fusion.lake import Lake
-from fusion.settings import DatasetConfig, ServingConfig
+from fusion.core.lake import Lake
+from fusion.core.settings import DatasetConfig, ServingConfig
 from serving.breaker import CircuitBreaker
 from serving.guarded_redis import GuardedRedis
 from serving.metrics import ServingMetrics

@@ -7,8 +7,8 @@ import json
 import time
 from typing import Any, Protocol
 
-from fusion.lake import Lake
-from fusion.settings import DatasetConfig
+from fusion.core.lake import Lake
+from fusion.core.settings import DatasetConfig
 from serving.guarded_redis import GuardedRedis
 from tasks.online_store import namespace, read_snapshot, stored_items
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from fusion.settings import ColumnType, DatasetConfig
+from fusion.core.settings import ColumnType, DatasetConfig
 from serving.online_features import OnlineFeatures
 from tasks.online import request_features
 from tasks.schema import records_frame, typed_columns

@@ -14,7 +14,7 @@ import orjson
 import polars as pl
 from pydantic import BaseModel, Field
 
-from fusion.errors import TypeMismatch
+from fusion.core.errors import TypeMismatch
 from serving.predictor import LoadedModel
 
 NUMERIC_OIP = {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"}

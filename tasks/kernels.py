@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from fusion.errors import FeatureError
+from fusion.core.errors import FeatureError
 
 Backend = Literal["rust", "polars"]
 

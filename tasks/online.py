@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 import polars as pl
 
-from fusion.errors import FeatureError
-from fusion.settings import FeatureSpec, PredictionTimeConfig
+from fusion.core.errors import FeatureError
+from fusion.core.settings import FeatureSpec, PredictionTimeConfig
 from tasks.features import (
     PRED_TIME,
     RollingEvents,

@@ -16,8 +16,8 @@ from typing import Any
 
 import polars as pl
 
-from fusion.lake import Lake
-from fusion.settings import FeatureSpec
+from fusion.core.lake import Lake
+from fusion.core.settings import FeatureSpec
 from tasks.online import OnlineState, online_parts, state_rows
 
 OLD_BATCH_GRACE_S = 3600

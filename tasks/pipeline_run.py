@@ -13,10 +13,10 @@ from typing import Any
 
 from prefect.futures import PrefectFuture
 
-from fusion.errors import FusionError, RunFailed
-from fusion.events import CloudEvent, EventSink, EventType, child_traceparent
-from fusion.settings import PipelineConfig, Settings
-from fusion.summary import RunMetrics, RunSummary, StageReport
+from fusion.core.errors import FusionError, RunFailed
+from fusion.core.events import CloudEvent, EventSink, EventType, child_traceparent
+from fusion.core.settings import PipelineConfig, Settings
+from fusion.core.summary import RunMetrics, RunSummary, StageReport
 from tasks import pipeline_tasks as stages
 from tasks.evaluate import Evaluation
 from tasks.features import FeatureSet

@@ -17,10 +17,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
 from prefect.utilities.hashing import hash_objects
 
-from fusion.errors import FusionError
-from fusion.events import CloudEvent, EventSink
-from fusion.lake import Lake
-from fusion.settings import DatasetConfig, SourceConfig, ValidationConfig
+from fusion.core.errors import FusionError
+from fusion.core.events import CloudEvent, EventSink
+from fusion.core.lake import Lake
+from fusion.core.settings import DatasetConfig, SourceConfig, ValidationConfig
 from tasks import features as feature_code
 from tasks.evaluate import Evaluation, evaluate_model
 from tasks.ingest import IngestedBatch, ingest_tables, source_fingerprint
@@ -49,7 +49,11 @@ def code_version() -> str:
 
     digest = hashlib.sha256()
     root = Path(__file__).resolve().parent.parent
-    for path in [*sorted((root / "tasks").rglob("*.py")), root / "fusion" / "lake.py", *kernels.native_library()]:
+    for path in [
+        *sorted((root / "tasks").rglob("*.py")),
+        root / "fusion" / "core" / "lake.py",
+        *kernels.native_library(),
+    ]:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

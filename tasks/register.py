@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from fusion.lake import Lake
-from fusion.settings import DatasetConfig, GateConfig
+from fusion.core.lake import Lake
+from fusion.core.settings import DatasetConfig, GateConfig
 from tasks.evaluate import Evaluation
 from tasks.train import TrainedModel
 

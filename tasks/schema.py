@@ -15,8 +15,8 @@ from typing import Any
 
 import polars as pl
 
-from fusion.errors import TypeMismatch
-from fusion.settings import ColumnType, TableConfig
+from fusion.core.errors import TypeMismatch
+from fusion.core.settings import ColumnType, TableConfig
 
 POLARS_TYPES: dict[str, pl.DataType] = {
     "int32": pl.Int32(),

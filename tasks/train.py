@@ -14,8 +14,8 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from fusion.errors import TrainingError
-from fusion.settings import ModelConfig, SplitConfig
+from fusion.core.errors import TrainingError
+from fusion.core.settings import ModelConfig, SplitConfig
 from tasks.classifier import CategoryVocabulary, TabularClassifier, to_matrix
 
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import polars as pl
 
-from fusion.errors import ConfigError, ValidationFailed
-from fusion.lake import Lake
-from fusion.settings import Settings, ValidationConfig
+from fusion.core.errors import ConfigError, ValidationFailed
+from fusion.core.lake import Lake
+from fusion.core.settings import Settings, ValidationConfig
 from tasks.ingest import IngestedBatch
 
 

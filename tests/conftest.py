@@ -42,7 +42,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(scope="session")
 def flights_settings() -> Any:
-    from fusion.settings import load_settings
+    from fusion.core.settings import load_settings
 
     return load_settings(FLIGHTS_CONFIG)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from fusion.events import CloudEvent, JsonlEventBus, child_traceparent, new_traceparent
+from fusion.core.events import CloudEvent, JsonlEventBus, child_traceparent, new_traceparent
 
 
 def test_cloudevent_is_structured_json_with_required_attributes() -> None:

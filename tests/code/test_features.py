@@ -8,8 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from fusion.errors import FeatureError
-from fusion.settings import FeatureSpec, PredictionTimeConfig, TargetConfig
+from fusion.core.errors import FeatureError
+from fusion.core.settings import FeatureSpec, PredictionTimeConfig, TargetConfig
 from tasks.features import asof_features, build_features, feature_names, with_derived
 from tests.code.test_kernels import reference_cross_hash
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fusion.settings import GateConfig
+from fusion.core.settings import GateConfig
 from tasks.register import decide
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from fusion.errors import SchemaError, SourceReadError
-from fusion.lake import Lake
-from fusion.settings import SourceConfig, TableConfig
+from fusion.core.errors import SchemaError, SourceReadError
+from fusion.core.lake import Lake
+from fusion.core.settings import SourceConfig, TableConfig
 from tasks.ingest import batch_id_for, enforce_schema, ingest_tables, parse_table, resolve_uri
 from tasks.schema import cast_column
 

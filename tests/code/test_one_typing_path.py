@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from fusion.errors import TypeMismatch
-from fusion.settings import TableConfig
+from fusion.core.errors import TypeMismatch
+from fusion.core.settings import TableConfig
 from tasks.ingest import enforce_schema, parse_table
 from tasks.schema import records_frame
 

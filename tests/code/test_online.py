@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from fusion.settings import FeatureSpec, PredictionTimeConfig
+from fusion.core.settings import FeatureSpec, PredictionTimeConfig
 from tasks.features import build_features, feature_names
 from tasks.online import OnlineState, online_parts, online_state, request_features, state_rows
 

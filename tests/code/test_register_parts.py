@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from fusion.lake import Lake
+from fusion.core.lake import Lake
 from tasks.classifier import CategoryVocabulary, TabularClassifier, to_matrix
 from tasks.evaluate import Evaluation
 from tasks.register import CHALLENGER, find_registered_version, register_model

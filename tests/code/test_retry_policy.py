@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from prefect.states import Failed
 
-from fusion.errors import SchemaError, SourceReadError, SourceUnavailable, ValidationFailed
+from fusion.core.errors import SchemaError, SourceReadError, SourceUnavailable, ValidationFailed
 from tasks.pipeline_tasks import retry_unless_bad_data
 
 

@@ -12,7 +12,7 @@ import pytest
 from fastapi import HTTPException
 from starlette.requests import Request
 
-from fusion.settings import AuthConfig
+from fusion.core.settings import AuthConfig
 from serving.auth import Authenticator
 from serving.breaker import CircuitBreaker
 from serving.prediction_cache import row_digest

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from fusion.settings import load_settings
+from fusion.core.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,9 +8,9 @@ from typing import Any
 import polars as pl
 import pytest
 
-from fusion.errors import ValidationFailed
-from fusion.lake import Lake
-from fusion.settings import ValidationConfig
+from fusion.core.errors import ValidationFailed
+from fusion.core.lake import Lake
+from fusion.core.settings import ValidationConfig
 from tasks.ingest import IngestedBatch
 from tasks.validate import load_suite, validate_batch
 

@@ -9,8 +9,8 @@ from typing import Any
 import polars as pl
 import pytest
 
-from fusion.events import JsonlEventBus
-from fusion.summary import RunSummary
+from fusion.core.events import JsonlEventBus
+from fusion.core.summary import RunSummary
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +97,7 @@ def test_sample_run_end_to_end(first_run: RunSummary, on_sample: Path, sample_so
     import mlflow.pyfunc
     from sklearn.metrics import roc_auc_score
 
-    from fusion.settings import load_settings
+    from fusion.core.settings import load_settings
     from tasks.train import split_by_time
 
     settings = load_settings("configs/flights.yaml")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fusion.errors import SourceUnavailable, TrainingError
-from fusion.summary import RunSummary
+from fusion.core.errors import SourceUnavailable, TrainingError
+from fusion.core.summary import RunSummary
 
 pytestmark = pytest.mark.integration
 CONFIG = Path("configs/card_transactions.yaml")

@@ -61,6 +61,6 @@ def kcat() -> str:
 def close_producers(kafka_bootstrap: str) -> Iterator[None]:
     """Producers the pipeline cached in this process are closed while the broker is still up."""
     yield
-    from fusion.events import close_event_buses
+    from fusion.core.events import close_event_buses
 
     close_event_buses()

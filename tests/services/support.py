@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from kafka import KafkaConsumer, KafkaProducer
 
-from fusion.settings import EventsConfig
+from fusion.core.settings import EventsConfig
 from tests.conftest import REPO
 
 STAGES = [

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient
 
-from fusion.events import CloudEvent, EventSink, KafkaEventBus, all_topics, new_traceparent
+from fusion.core.events import CloudEvent, EventSink, KafkaEventBus, all_topics, new_traceparent
 from tests.services.support import STAGES, consume, isolated_config
 
 pytestmark = pytest.mark.services

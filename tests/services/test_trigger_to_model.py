@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fusion.events import CloudEvent
+from fusion.core.events import CloudEvent
 from tests.conftest import _service
 from tests.services.support import (
     STAGES,

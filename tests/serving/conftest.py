@@ -52,7 +52,7 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def served(redis_url: str) -> Iterator[Served]:
     from flows.training_pipeline import run_pipeline
-    from fusion.settings import load_settings, with_overrides
+    from fusion.core.settings import load_settings, with_overrides
     from serving.app import start_serving, stop_serving
 
     home = Path(tempfile.mkdtemp(prefix="fusion-serving-"))

@@ -39,7 +39,7 @@ def register_v1(home: Path, probability: float) -> str:
     from mlflow.pyfunc import PythonModel
     from mlflow.types import ColSpec, Schema
 
-    from fusion.settings import load_settings
+    from fusion.core.settings import load_settings
 
     uri = f"sqlite:///{home / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)

@@ -139,8 +139,8 @@ def secured(served: Served, kafka_bootstrap: str, tmp_path_factory: pytest.TempP
     from cryptography.hazmat.primitives import serialization
     from ray import serve
 
-    from fusion.events import KafkaEventBus
-    from fusion.settings import with_overrides
+    from fusion.core.events import KafkaEventBus
+    from fusion.core.settings import with_overrides
     from serving.app import build_app, serving_args
 
     key = rsa_key()
@@ -211,7 +211,7 @@ def rsa_key() -> Any:
 def test_a_promotion_event_switches_the_version_before_any_poll(served: Served, secured: dict[str, Any]) -> None:
     from mlflow import MlflowClient
 
-    from fusion.events import CloudEvent
+    from fusion.core.events import CloudEvent
 
     uri = served.settings.resolved_mlflow_uri
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fusion.settings import EventsConfig
+from fusion.core.settings import EventsConfig
 
 EventType = Literal[
     "fusion.data.ready",
