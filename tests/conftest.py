@@ -12,7 +12,6 @@ from typing import Any
 
 import polars as pl
 import pytest
-import yaml
 
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="fusion-tests-"))
 # Before anything imports Prefect (flows/ and tasks.pipeline_tasks do at import).
@@ -64,26 +63,6 @@ def fusion_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "fusion-home"
     monkeypatch.setenv("FUSION_HOME", str(home))
     return home
-
-
-def write_config(directory: Path, base: Path, changes: dict[str, Any]) -> Path:
-    """A copy of a config with `changes` deep-merged in; suite paths made absolute."""
-    config = yaml.safe_load(base.read_text())
-
-    def merge(into: dict[str, Any], update: dict[str, Any]) -> None:
-        for key, value in update.items():
-            if isinstance(value, dict) and isinstance(into.get(key), dict):
-                merge(into[key], value)
-            else:
-                into[key] = value
-
-    merge(config, changes)
-    suites = config["dataset"].get("validation", {}).get("suites", {})
-    for table, suite in suites.items():
-        suites[table] = str((base.parent / suite).resolve()) if not Path(suite).is_absolute() else suite
-    path = directory / f"{config['dataset']['name']}-{abs(hash(str(changes)))}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 SERVICES = REPO / "infra" / "local" / "services.sh"
