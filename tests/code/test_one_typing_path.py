@@ -22,7 +22,7 @@ from tasks.schema import records_frame
 ZONE = "America/New_York"
 TABLE = TableConfig(
     uri="rows.csv",
-    columns={"n": "int64", "x": "float64", "s": "str", "b": "bool", "d": "date", "t": "datetime"},
+    columns={"n": "int64", "m": "int32", "x": "float64", "s": "str", "b": "bool", "d": "date", "t": "datetime"},
     datetime_timezone=ZONE,
 )
 # 2013-03-10 02:00-03:00 never happened in New York (DST gap); 2013-11-03 01:00-02:00 happened twice.
@@ -43,11 +43,13 @@ times = st.one_of(
     ),
 ).map(lambda t: t.isoformat())
 cells = {
-    "n": st.one_of(st.none(), st.integers(-(2**40), 2**40).flatmap(spelled), st.sampled_from(["1.5", "x", " 7 "])),
+    "n": st.one_of(st.none(), st.integers(-(2**64), 2**64).flatmap(spelled), st.sampled_from(["1.5", "x", " 7 "])),
+    "m": st.one_of(st.none(), st.integers(-(2**33), 2**33).flatmap(spelled)),  # beyond int32 too
     "x": st.one_of(
         st.none(),
         st.floats(allow_nan=False, allow_infinity=False, width=64).flatmap(spelled),
         st.integers(-1000, 1000),
+        st.integers(2**52, 2**64),  # past what a float holds exactly, and past 64 bits
         st.sampled_from(["NA", "", "late", "1e3"]),
     ),
     "s": st.one_of(
