@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -67,28 +68,28 @@ def token(**claims: Any) -> str:
     return jwt.encode({"exp": int(time.time()) + 60, "scope": "predict", **claims}, SECRET, algorithm="HS256")
 
 
+def signed(claims: dict[str, Any], key: str = SECRET) -> str:
+    return jwt.encode(claims, key, algorithm="HS256")
+
+
+# Tokens are made when the test runs (in random order that may be minutes after collection), so `exp` means
+# what each case says.
 @pytest.mark.parametrize(
     ("given", "status"),
     [
-        (None, 401),
-        ("not-a-jwt", 401),
-        (
-            jwt.encode(
-                {"exp": int(time.time()) + 60, "scope": "predict"},
-                "another-secret-of-32-bytes-length!",
-                algorithm="HS256",
-            ),
-            401,
-        ),
-        (jwt.encode({"exp": int(time.time()) - 60, "scope": "predict"}, SECRET, algorithm="HS256"), 401),
-        (jwt.encode({"scope": "predict"}, SECRET, algorithm="HS256"), 401),  # no exp
-        (token(scope="read"), 403),
+        (lambda: None, 401),
+        (lambda: "not-a-jwt", 401),
+        (lambda: signed({"exp": int(time.time()) + 60, "scope": "predict"}, "another-secret-of-32-bytes-length!"), 401),
+        (lambda: signed({"exp": int(time.time()) - 60, "scope": "predict"}), 401),
+        (lambda: signed({"scope": "predict"}), 401),  # no exp
+        (lambda: token(scope="read"), 403),
     ],
+    ids=["no-token", "not-a-jwt", "other-key", "expired", "no-exp", "wrong-scope"],
 )
-def test_jwt_refusals(given: str | None, status: int) -> None:
+def test_jwt_refusals(given: Callable[[], str | None], status: int) -> None:
     auth = Authenticator(AuthConfig(enabled=True, secret=SECRET))
     with pytest.raises(HTTPException) as refused:
-        asyncio.run(auth(request_with(given)))
+        asyncio.run(auth(request_with(given())))
     assert refused.value.status_code == status
 
 

@@ -56,22 +56,24 @@ def served(redis_url: str) -> Iterator[Served]:
     from serving.app import start_serving, stop_serving
 
     home = Path(tempfile.mkdtemp(prefix="fusion-serving-"))
-    env = {"FUSION_HOME": str(home), "FUSION_REDIS_URL": redis_url}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     port = free_port()
+    # Everything through the settings object, nothing through os.environ: a FUSION_* variable left set
+    # here would send other tests' pipeline runs into this home and this Redis database.
+    base = load_settings(FLIGHTS_CONFIG)
+    settings = with_overrides(
+        base,
+        {
+            "home": str(home),
+            "redis_url": redis_url,
+            # Two replicas, as in production: metrics, cache and promotions are checked across replicas.
+            "serving": {"port": port, "poll_s": 0.5, "replicas": 2},
+            # Fewer boosting rounds than the shipped config: serving, not model quality, is under test.
+            "dataset": {"model": {"num_boost_round": 60}},
+        },
+    )
     try:
-        # Fewer boosting rounds than the shipped config: serving, not model quality, is under test.
-        summary = run_pipeline(FLIGHTS_CONFIG, overrides={"dataset": {"model": {"num_boost_round": 60}}})
-        # Two replicas, as in production: metrics, cache and promotions are checked across replicas.
-        serving = {"port": port, "poll_s": 0.5, "replicas": 2}
-        settings = with_overrides(load_settings(FLIGHTS_CONFIG), {"serving": serving})
+        summary = run_pipeline(settings)
         start_serving(settings)
         yield Served(f"http://127.0.0.1:{port}", redis_url, settings, summary)
     finally:
         stop_serving()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
