@@ -16,6 +16,7 @@ import polars as pl
 from prometheus_client.metrics_core import Metric
 from pydantic import BaseModel
 
+from fusion.core.errors import TypeMismatch
 from fusion.core.lake import Lake
 from fusion.core.settings import DatasetConfig, ServingConfig
 from serving.breaker import CircuitBreaker
@@ -165,7 +166,11 @@ class ModelCore:
         missing = [i for i, v in enumerate(cached) if v is None]
         if not missing:
             return keys, cached, None
-        frame, defaults = model.features([records[i] for i in missing], online)
+        try:
+            frame, defaults = model.features([records[i] for i in missing], online)
+        except TypeMismatch:
+            model.records_frame(records)  # the same refusal, its rows numbered as in the request
+            raise
         for part, n in defaults.items():
             if n:
                 self.metrics.defaults.labels(part).inc(n)

@@ -1,4 +1,4 @@
-"""One typed, frozen settings tree: a YAML file from configs/, then FUSION_* env vars.
+"""One typed, frozen settings tree: a YAML file from configs/, its local overlay, then FUSION_* env vars.
 
 Loaded once at the entry point (`load_settings`) and passed down; nothing here
 reads the environment or touches the disk at import time.
@@ -22,7 +22,7 @@ from pydantic_settings import (
 
 DEFAULT_CONFIG = Path("configs/flights.yaml")
 
-# Column types a schema may declare; each maps to one Polars dtype (see tasks.ingest).
+# Column types a schema may declare; each maps to one Polars dtype (tasks/schema.py, the one typing path).
 ColumnType = Literal["int32", "int64", "float32", "float64", "str", "bool", "date", "datetime"]
 
 
@@ -295,7 +295,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Priority: explicit arguments, then FUSION_* env, then the YAML file.
+        # Priority: explicit arguments, then FUSION_* env, then the YAML files (the local overlay deep-merged
+        # over the committed config).
         return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, deep_merge=True))
 
     @property

@@ -241,6 +241,15 @@ def test_bad_input_is_a_4xx_that_names_the_field(
     assert named in got.text
 
 
+def test_a_bad_record_is_named_by_its_place_in_the_request_even_after_cached_ones(served: Served) -> None:
+    good = {"carrier": "UA", "origin": "EWR", "dest": "IAH", "distance": 1234.5, "time_hour": "2013-06-01T10:00:00Z"}
+    assert httpx.post(f"{served.url}/v1/predict", json={"records": [good]}, timeout=30).status_code == 200
+    bad = {**good, "distance": "far"}
+    got = httpx.post(f"{served.url}/v1/predict", json={"records": [good, good, bad]}, timeout=30)
+    assert got.status_code == 422, got.text
+    assert got.json()["error"].startswith("records.2.distance: expected float64") and "'far'" in got.text
+
+
 def test_body_over_the_limit_is_413_and_health_docs_metrics_answer(served: Served) -> None:
     huge = b'{"records": [' + b'{"carrier": "UA"},' * 200_000 + b'{"carrier": "UA"}]}'
     assert httpx.post(f"{served.url}/v1/predict", content=huge, timeout=30).status_code == 413
