@@ -154,8 +154,7 @@ def answer_errors(app: FastAPI) -> None:
     @app.exception_handler(TypeMismatch)
     async def bad_record(request: Request, exc: TypeMismatch) -> JSONResponse:
         row = f"{exc.rows[0]}." if exc.rows else ""
-        reason = str(exc).split(": ", 1)[-1]
-        return JSONResponse({"error": f"records.{row}{exc.column}: {reason}"}, status_code=422)
+        return JSONResponse({"error": f"records.{row}{exc.column}: {exc.reason}"}, status_code=422)
 
     @app.exception_handler(NotReady)
     async def not_ready(request: Request, exc: NotReady) -> JSONResponse:

@@ -4,7 +4,6 @@ loaded version and swaps it on hot reload."""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +68,6 @@ class LoadedModel:
         )
         self.dataset = DatasetConfig.model_validate_json(Path(config).read_text())
         schema = self.pyfunc.metadata.get_input_schema()
-        self.input_schema: dict[str, Any] = json.loads(schema.to_json())
         self.inputs: list[tuple[str, str]] = [(c.name, c.type.name) for c in schema.inputs]
         unknown = sorted({t for _, t in self.inputs} - set(SIGNATURE_TYPES))
         if unknown:
@@ -108,5 +106,4 @@ class LoadedModel:
             "dataset": self.dataset.name,
             "spec_version": self.dataset.features.version,
             "inputs": self.inputs,
-            "input_schema": self.input_schema,
         }

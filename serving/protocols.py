@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from fusion.core.errors import TypeMismatch
 from serving.predictor import LoadedModel
+from tasks.schema import records_columns
 
 NUMERIC_OIP = {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"}
 MLFLOW_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
@@ -58,11 +59,7 @@ def typed_inputs(
         field = where(exc.column)
         if row_field is not None and exc.rows:
             field = row_field.format(row=exc.rows[0], column=exc.column)
-        raise BadInput(f"{field}: {_reason(exc)}") from exc
-
-
-def _reason(exc: TypeMismatch) -> str:
-    return str(exc).split(": ", 1)[-1]
+        raise BadInput(f"{field}: {exc.reason}") from exc
 
 
 def mlflow_columns(body: bytes) -> tuple[dict[str, list[Any]], str | None]:
@@ -111,8 +108,7 @@ def _record_columns(records: Any, key: str) -> dict[str, list[Any]]:
     for i, record in enumerate(records):
         if not isinstance(record, dict):
             raise BadInput(f"{key}.{i}: expected an object of column -> value, got {type(record).__name__}")
-    names = list(dict.fromkeys(k for r in records for k in r))
-    return {name: [r.get(name) for r in records] for name in names}
+    return records_columns(records, list(dict.fromkeys(k for r in records for k in r)))
 
 
 def _named_columns(columns: dict[str, Any], key: str) -> dict[str, list[Any]]:

@@ -49,10 +49,7 @@ class PipelineRun:
         """Run one stage as a Prefect task and wait for it; I/O stages retry as `pipeline.retries` says."""
         self.stage_name = name
         started = time.perf_counter()
-        options: dict[str, Any] = {"refresh_cache": None if self.pipeline.cache else True}
-        if stages.IO in task.tags:
-            options |= {"retries": self.pipeline.retries, "retry_delay_seconds": self.pipeline.retry_delay_s}
-        future: PrefectFuture[Any] = task.with_options(**options).submit(*args)
+        future: PrefectFuture[Any] = self._configured(task).submit(*args)
         future.wait()
         result = future.result()
         seconds = time.perf_counter() - started
@@ -69,10 +66,14 @@ class PipelineRun:
             traceparent=child_traceparent(self.traceparent),
             data={"run_id": self.summary.run_id, "dataset": self.dataset, **data},
         )
-        publish = stages.publish.with_options(
-            retries=self.pipeline.retries, retry_delay_seconds=self.pipeline.retry_delay_s
-        )
-        publish.submit(self.sink, event).result()
+        self._configured(stages.publish).submit(self.sink, event).result()
+
+    def _configured(self, task: Any) -> Any:
+        """The task with this run's cache choice, and `pipeline.retries` when it does I/O (tag `io`)."""
+        options: dict[str, Any] = {"refresh_cache": None if self.pipeline.cache else True}
+        if stages.IO in task.tags:
+            options |= {"retries": self.pipeline.retries, "retry_delay_seconds": self.pipeline.retry_delay_s}
+        return task.with_options(**options)
 
     def ingested(self, batch: IngestedBatch, primary: str) -> None:
         self.summary.batch_id, self.summary.rows_ingested = batch.batch_id, batch.rows[primary]

@@ -69,8 +69,7 @@ def cast_column(column: pl.Series, declared: ColumnType, where: str, timezone: s
         try:
             cast = column.cast(target, strict=True)
         except Exception as exc:
-            message = f"column {where}: has type {column.dtype}, expected {declared} ({exc})"
-            raise TypeMismatch(where, declared, [], message) from exc
+            raise TypeMismatch(where, declared, [], f"has type {column.dtype}, expected {declared} ({exc})") from exc
         changed = (cast.cast(column.dtype) != column).fill_null(False)
         if changed.any():
             rows = _rows(changed)
@@ -78,14 +77,14 @@ def cast_column(column: pl.Series, declared: ColumnType, where: str, timezone: s
                 where,
                 declared,
                 rows,
-                f"column {where}: has type {column.dtype}, expected {declared}; {int(changed.sum())} value(s) would"
-                f" change, e.g. {_examples(column.filter(changed))}{_at(rows)}",
+                f"has type {column.dtype}, expected {declared}; {int(changed.sum())} value(s) would change,"
+                f" e.g. {_examples(column.filter(changed))}{_at(rows)}",
             )
         return cast
     if isinstance(column.dtype, pl.Datetime) and declared == "datetime":
         moved = column if column.dtype.time_zone else _localize(column, timezone)
         return moved.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
-    raise TypeMismatch(where, declared, [], f"column {where}: has type {column.dtype}, expected {declared}")
+    raise TypeMismatch(where, declared, [], f"has type {column.dtype}, expected {declared}")
 
 
 def _from_text(column: pl.Series, declared: ColumnType, timezone: str) -> pl.Series:
@@ -134,7 +133,7 @@ def _refuse_lost(column: pl.Series, cast: pl.Series, declared: ColumnType, where
         where,
         declared,
         rows,
-        f"column {where}: expected {declared}, found {int(lost.sum())} value(s) that are not{hint},"
+        f"expected {declared}, found {int(lost.sum())} value(s) that are not{hint},"
         f" e.g. {_examples(column.filter(lost))}{_at(rows)}",
     )
 
@@ -169,7 +168,7 @@ def as_text(value: Any, column: str, row: int) -> str:
         return repr(value)
     if isinstance(value, dt.date | dt.datetime):
         return value.isoformat()
-    raise TypeMismatch(column, "scalar", [row], f"column {column}: expected a scalar, got {type(value).__name__}")
+    raise TypeMismatch(column, "scalar", [row], f"expected a scalar, got {type(value).__name__}")
 
 
 def typed_columns(

@@ -38,16 +38,18 @@ class SchemaError(FusionError):
 
 
 class TypeMismatch(SchemaError):
-    """Values of a column that are not of its declared type; names the column and the first rows."""
+    """Values of a column that are not of its declared type; names the column and the first rows.
+    The message is `column <column>: <reason>`; callers that name the field their own way use `reason`."""
 
-    def __init__(self, column: str, declared: str, rows: list[int], message: str) -> None:
-        super().__init__(message)
+    def __init__(self, column: str, declared: str, rows: list[int], reason: str) -> None:
+        super().__init__(f"column {column}: {reason}")
         self.column = column
         self.declared = declared
         self.rows = rows
+        self.reason = reason
 
     def __reduce__(self) -> tuple[object, ...]:  # crosses process boundaries (Dask, Prefect results)
-        return (type(self), (self.column, self.declared, self.rows, str(self)), self.__dict__)
+        return (type(self), (self.column, self.declared, self.rows, self.reason), self.__dict__)
 
 
 class ValidationFailed(FusionError):
