@@ -157,7 +157,7 @@ def build_features_pandas(tables: dict[str, pd.DataFrame], dataset: DatasetConfi
         since = (joined["_pred"] - joined["_t"]).dt.total_seconds() / 60.0
         columns[f"{prev.name}_minutes_since"] = since.reindex(queries["_row"]).to_numpy()
     # Fusion's order: the id columns and event time that are not features, the features, the target
-    head = {c: base[c] for c in dict.fromkeys([*spec.id_columns, spec.event_time]) if c not in columns}
+    head = {c: base[c] for c in dict.fromkeys([*spec.id_columns, spec.event_time or ""]) if c and c not in columns}
     tail = {}
     if dataset.target is not None:
         tail[dataset.target.name] = ((base["arr_delay"] > 15) | base["arr_delay"].isna()).astype("int8")

@@ -76,7 +76,7 @@ def floor(config: str) -> dict[str, Any]:
     from tasks.online import online_state
     from tasks.online_store import load_into_redis, redis_client, write_snapshot
     from tasks.register import promote_if_better, register_model
-    from tasks.train import split_by_time, train_lightgbm
+    from tasks.train import split_frames, train_lightgbm
     from tasks.validate import load_suite, validate_batch
 
     dataset, lake = settings.dataset, Lake(settings.resolved_lake_uri)
@@ -113,7 +113,7 @@ def floor(config: str) -> dict[str, Any]:
 
     def split() -> Any:
         frame = lake.read_parquet(state["features"][0])
-        return split_by_time(frame, dataset.features.event_time, dataset.split, dataset.features.timezone)
+        return split_frames(frame, dataset)
 
     names = feature_code.feature_names(dataset.features)
     suites = {t: load_suite(settings.suite_path(t)) for t in dataset.validation.suites}

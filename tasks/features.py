@@ -19,6 +19,8 @@ from fusion.core.settings import FeatureSpec, PredictionTimeConfig, RollingAggre
 from tasks import kernels
 
 PRED_TIME = "_pred_time"
+# The group of `by: []` rolling and previous entries: one constant key, so the whole table is one group.
+WHOLE_TABLE = "_whole_table"
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class FeatureSet:
     feature_columns: list[str]
     categorical_columns: list[str]
     target: str
-    event_time: str
+    event_time: str | None
     spec_version: int
 
 
@@ -41,25 +43,55 @@ def _sql(expr: str, name: str) -> pl.Expr:
         raise FeatureError(f"feature {name!r}: cannot parse SQL expression {expr!r}: {exc}") from exc
 
 
+def instant(expr: pl.Expr, timezone: str) -> pl.Expr:
+    """A date as the instant its day begins in `timezone` (UTC); a datetime as it is."""
+    return expr.cast(pl.Datetime("us")).dt.replace_time_zone(timezone).dt.convert_time_zone("UTC")
+
+
+def time_expr(expr: pl.Expr, dtype: pl.DataType, timezone: str) -> pl.Expr | None:
+    """`expr` as a point in time: datetimes as they are, dates as the start of their day in `timezone`;
+    None for any other type."""
+    if isinstance(dtype, pl.Datetime):
+        return expr
+    if dtype == pl.Date:
+        return instant(expr, timezone)
+    return None
+
+
+def group_columns(by: Sequence[str]) -> list[str]:
+    """The key columns of a rolling or previous entry: `by`, or the whole table's constant key."""
+    return list(by) if by else [WHOLE_TABLE]
+
+
 def with_derived(primary: pl.LazyFrame, spec: FeatureSpec, prediction: PredictionTimeConfig) -> pl.LazyFrame:
-    """Derived columns in order and the prediction time."""
+    """Derived columns in order, the event time as an instant (a date: the start of its day in the
+    spec's timezone) and the prediction time; without an event time, no prediction time."""
     frame = primary
     for name, expr in spec.derived.items():
         frame = frame.with_columns(_sql(expr, name))
+    if any(not r.by for r in spec.rolling) or any(not p.by for p in spec.previous):
+        frame = frame.with_columns(pl.lit(0, pl.Int8).alias(WHOLE_TABLE))
+    if spec.event_time is None:
+        return frame
     try:
         schema = frame.collect_schema()
     except Exception as exc:
         raise FeatureError(f"derived columns do not fit the primary table: {exc}") from exc
     if spec.event_time not in schema:
         raise FeatureError(f"event_time column {spec.event_time!r} is neither in the table nor derived")
-    if not isinstance(schema[spec.event_time], pl.Datetime):
-        raise FeatureError(f"event_time column {spec.event_time!r} is {schema[spec.event_time]}, not a datetime")
-    return frame.with_columns(
+    event = time_expr(pl.col(spec.event_time), schema[spec.event_time], spec.timezone)
+    if event is None:
+        raise FeatureError(
+            f"event_time column {spec.event_time!r} is {schema[spec.event_time]}, not a datetime or a date"
+        )
+    return frame.with_columns(event.alias(spec.event_time)).with_columns(
         (pl.col(spec.event_time) + pl.duration(minutes=prediction.offset_minutes)).alias(PRED_TIME)
     )
 
 
 def calendar_features(spec: FeatureSpec) -> list[pl.Expr]:
+    if not spec.calendar or spec.event_time is None:
+        return []
     local = pl.col(spec.event_time).dt.convert_time_zone(spec.timezone)
     parts = {
         "hour": local.dt.hour(),
@@ -114,7 +146,11 @@ def asof_features(
         _require_columns(right, join.table, needed, f"as-of join {join.prefix}*")
         tolerance = join.tolerance_minutes * 60_000_000 if join.tolerance_minutes else None
         index = kernels.asof_index(
-            base[join.left_on], base[PRED_TIME], right[join.right_on], right[join.right_time], tolerance=tolerance
+            base[join.left_on],
+            base[PRED_TIME],
+            right[join.right_on],
+            as_instants(right[join.right_time], spec.timezone, f"as-of join {join.prefix}* right_time"),
+            tolerance=tolerance,
         )
         columns = {f"{join.prefix}{c}": c for c in join.columns} | ({"_t": join.right_time} if keep_time else {})
         out.append(_gather(right, index, columns))
@@ -132,6 +168,20 @@ def lookup_features(base: pl.DataFrame, tables: dict[str, pl.DataFrame], spec: F
     return out
 
 
+def as_instants(values: pl.Series, timezone: str, what: str) -> pl.Series:
+    """A datetime or date series as instants (dates: the start of their day in `timezone`)."""
+    expr = time_expr(pl.col(values.name), values.dtype, timezone)
+    if expr is None:
+        raise FeatureError(f"{what} is {values.dtype}, not a datetime or a date")
+    return values.to_frame().select(expr).to_series()
+
+
+# One microsecond, the time unit of the kernels: with `closed: both`, an event known at t is asked
+# about as if known at t - 1 µs, so that "known before T" includes T and a window [T - w, T) becomes
+# (T - w, T].
+_BOTH_SHIFT = pl.duration(microseconds=1)
+
+
 def rolling_names(agg: RollingAggregate) -> list[str]:
     return [f"{agg.name}_{a}_{w}m" for w in agg.windows_minutes for a in agg.aggs]
 
@@ -145,17 +195,20 @@ class RollingEvents:
     value: pl.Series
 
 
-def rolling_events(base: pl.DataFrame, agg: RollingAggregate) -> RollingEvents:
-    """The spec's events (known_at and value are SQL over the base columns: plain column names cost nothing)."""
+def rolling_events(base: pl.DataFrame, agg: RollingAggregate, timezone: str) -> RollingEvents:
+    """The spec's events (known_at and value are SQL over the base columns: plain column names cost nothing).
+    A date known_at is the start of that day in `timezone`; with `closed: both` the times are moved 1 µs
+    earlier, so that the kernels' [T - w, T) counts what is known at T."""
     try:
         frame = base.lazy().select(_sql(agg.known_at, "_t"), _sql(agg.value, "_v")).collect()
     except pl.exceptions.PolarsError as exc:
         raise FeatureError(f"rolling aggregate {agg.name!r}: known_at or value does not fit the table: {exc}") from exc
-    if not isinstance(frame.schema["_t"], pl.Datetime):
-        raise FeatureError(f"rolling aggregate {agg.name!r}: known_at is {frame.schema['_t']}, not a datetime")
     if not frame.schema["_v"].is_numeric():
         raise FeatureError(f"rolling aggregate {agg.name!r}: value is {frame.schema['_v']}, not a number")
-    return RollingEvents([base[b] for b in agg.by], frame["_t"], frame["_v"])
+    known_at = as_instants(frame["_t"], timezone, f"rolling aggregate {agg.name!r}: known_at")
+    if agg.closed == "both":
+        known_at = known_at.to_frame().select(pl.col("_t") - _BOTH_SHIFT).to_series()
+    return RollingEvents([base[b] for b in group_columns(agg.by)], known_at, frame["_v"])
 
 
 def rolling_aggregates(
@@ -182,7 +235,9 @@ def rolling_aggregates(
 
 def rolling_features(base: pl.DataFrame, spec: FeatureSpec) -> list[pl.DataFrame]:
     """Every aggregate spec over the base rows, each row asking at its prediction time."""
-    events = [rolling_events(base, agg) for agg in spec.rolling]
+    if not spec.rolling:
+        return []
+    events = [rolling_events(base, agg, spec.timezone) for agg in spec.rolling]
     return rolling_aggregates(spec.rolling, events, base[PRED_TIME])
 
 
@@ -202,12 +257,16 @@ def previous_features(
             events = base.lazy().select(_sql(prev.known_at, "_t"), *prev.columns).collect()
         except pl.exceptions.PolarsError as exc:
             raise FeatureError(f"previous {prev.name!r}: known_at or columns do not fit the table: {exc}") from exc
+        known_at = as_instants(events["_t"], spec.timezone, f"previous {prev.name!r}: known_at")
+        events = events.with_columns(known_at)
+        by = group_columns(prev.by)
         index = kernels.asof_index(
-            [asking[b] for b in prev.by],
+            [asking[b] for b in by],
             asking[PRED_TIME],
-            [base[b] for b in prev.by],
+            [base[b] for b in by],
             events["_t"],
-            strict=True,
+            # left: known strictly before T; both: at T too
+            strict=prev.closed == "left",
             order_by=[events[c] for c in prev.columns],
         )
         found = _gather(events, index, {f"{prev.name}_{c}": c for c in prev.columns} | {"_t": "_t"})
@@ -231,7 +290,9 @@ def build_features(
     if missing:
         raise FeatureError(f"feature spec names column(s) {missing} that table {primary!r} does not have")
     names = feature_names(spec)
-    head = [c for c in dict.fromkeys([*spec.id_columns, spec.event_time]) if c not in names]
+    head = [
+        c for c in dict.fromkeys([*spec.id_columns, *([spec.event_time] if spec.event_time else [])]) if c not in names
+    ]
     extra = [_sql(target.expr, target.name).cast(pl.Int8)] if target else []
     try:
         # The derived columns once; every part reads them. Row-aligned parts are put side by side.
@@ -242,7 +303,8 @@ def build_features(
         # The joins need only the prediction time and their keys: the other derived columns go now,
         # so that their memory serves the joined columns.
         keys = dict.fromkeys([*(j.left_on for j in spec.asof), *(j.left_on for j in spec.lookups)])
-        base = base.lazy().select(PRED_TIME, *keys).collect()
+        timed = [PRED_TIME] if PRED_TIME in base.columns else []
+        base = base.lazy().select(*timed, *keys).collect()
         parts += [*asof_features(base, tables, spec), *lookup_features(base, tables, spec)]
     except pl.exceptions.PolarsError as exc:
         raise FeatureError(f"feature spec does not fit the data: {exc}") from exc

@@ -29,6 +29,7 @@ from tasks.features import (
     RollingEvents,
     asof_features,
     feature_names,
+    group_columns,
     lookup_features,
     own_features,
     previous_features,
@@ -40,6 +41,7 @@ from tasks.features import (
 
 KEY = "_key"
 TIME = "_t"
+LATEST = "_latest_"  # previous events: the group's latest event of the batch, beside the one as of as_of
 KEY_SEPARATOR = "\x1f"  # ASCII unit separator between the values of a composite group key
 
 
@@ -54,6 +56,7 @@ class OnlinePart:
     timed: bool = False  # the state carries the time of the row it came from (`_t`, µs)
     tolerance_us: int | None = None  # as-of: the joined row must be at most this old
     zero_when_missing: list[str] = field(default_factory=list)  # counts and sums of a group with no events
+    inclusive: bool = False  # previous with `closed: both`: an event known at the request's time counts
 
 
 def online_parts(spec: FeatureSpec) -> list[OnlinePart]:
@@ -67,12 +70,19 @@ def online_parts(spec: FeatureSpec) -> list[OnlinePart]:
     for agg in spec.rolling:
         zero = [f"{agg.name}_{a}_{w}m" for w in agg.windows_minutes for a in agg.aggs if a in ("count", "sum")]
         parts.append(
-            OnlinePart(f"rolling_{agg.name}", "rolling", list(agg.by), rolling_names(agg), zero_when_missing=zero)
+            OnlinePart(
+                f"rolling_{agg.name}", "rolling", group_columns(agg.by), rolling_names(agg), zero_when_missing=zero
+            )
         )
     for prev in spec.previous:
         parts.append(
             OnlinePart(
-                f"previous_{prev.name}", "previous", list(prev.by), [f"{prev.name}_{c}" for c in prev.columns], True
+                f"previous_{prev.name}",
+                "previous",
+                group_columns(prev.by),
+                [f"{prev.name}_{c}" for c in prev.columns],
+                timed=True,
+                inclusive=prev.closed == "both",
             )
         )
     return parts
@@ -117,7 +127,8 @@ def online_state(
 ) -> OnlineState:
     """Every stateful part's values per group as of the latest prediction time in the batch."""
     base = with_derived(tables[primary].lazy(), spec, prediction).collect()  # derived once, read by every part
-    as_of = base[PRED_TIME].max()
+    # Without time only lookups are stateful, and they do not depend on when they are asked.
+    as_of = base[PRED_TIME].max() if spec.event_time else dt.datetime.now(dt.UTC).replace(microsecond=0)
     if not isinstance(as_of, dt.datetime):
         raise FeatureError("no row has a prediction time: nothing to materialize")
     frames: dict[str, pl.DataFrame] = {}
@@ -147,7 +158,7 @@ def online_state(
         (values,) = lookup_features(probe, tables, spec.model_copy(update={"lookups": [lookup]}))
         frames[part.name] = found(part, probe, values)
     for part, agg in zip(of_kind("rolling"), spec.rolling, strict=True):
-        events = rolling_events(base, agg)
+        events = rolling_events(base, agg, spec.timezone)
         groups = pl.DataFrame(events.keys).drop_nulls().unique(maintain_order=True)
         # the base rows are events that do not ask (no `at`); one row per group asks at as_of, no event
         asking = pl.repeat(as_of, groups.height, dtype=base.schema[PRED_TIME], eager=True)
@@ -158,9 +169,31 @@ def online_state(
             group_key(part.keys), *part.columns
         )
     for part, prev in zip(of_kind("previous"), spec.previous, strict=True):
-        probe = _probe(base.lazy().select(prev.by).drop_nulls().unique().collect(), as_of)
-        (values,) = previous_features(base, spec.model_copy(update={"previous": [prev]}), queries=probe, keep_time=True)
-        frames[part.name] = found(part, probe, values)
+        groups = base.lazy().select(group_columns(prev.by)).drop_nulls().unique().collect()
+        probe = _probe(groups, as_of)
+        one = spec.model_copy(update={"previous": [prev]})
+        (values,) = previous_features(base, one, queries=probe, keep_time=True)
+        # and each group's latest event of the whole batch, whenever it becomes known: a request made
+        # once it is known gets it (a daily series' last day, known after the last prediction time)
+        (last,) = previous_features(
+            base,
+            spec.model_copy(update={"previous": [prev.model_copy(update={"closed": "both"})]}),
+            queries=_probe(groups, dt.datetime.max.replace(tzinfo=dt.UTC)),
+            keep_time=True,
+        )
+        last = last.select(pl.col(c).alias(f"{LATEST}{c}") for c in [*part.columns, TIME])
+        joined = pl.concat([probe, values, last], how="horizontal").filter(pl.col(f"{LATEST}{TIME}").is_not_null())
+        frames[part.name] = (
+            joined.lazy()
+            .select(
+                group_key(part.keys),
+                *part.columns,
+                pl.col(TIME).dt.epoch("us"),
+                *[f"{LATEST}{c}" for c in part.columns],
+                pl.col(f"{LATEST}{TIME}").dt.epoch("us"),
+            )
+            .collect()
+        )
     return OnlineState(as_of=as_of, frames=frames)
 
 
@@ -183,7 +216,9 @@ def request_features(
     base = with_derived(records.lazy(), spec, prediction)
     keys = [group_key(p.keys).alias(f"{KEY}{i}") for i, p in enumerate(parts)]
     try:
-        rows = base.select(*own_features(spec), pl.col(PRED_TIME).dt.epoch("us").alias("_a"), *keys).collect()
+        # without an event time nothing is timed: every request is asked "now" (lookups only)
+        asked = pl.col(PRED_TIME).dt.epoch("us") if spec.event_time else pl.lit(0, pl.Int64)
+        rows = base.select(*own_features(spec), asked.alias("_a"), *keys).collect()
     except pl.exceptions.PolarsError as exc:
         raise FeatureError(f"records do not fit the feature spec: {exc}") from exc
     at: list[int | None] = rows["_a"].to_list()
@@ -232,19 +267,25 @@ def part_outputs(part: OnlinePart) -> list[str]:
 
 def resolve(part: OnlinePart, stored: list[Any], at_us: int) -> list[Any]:
     """A group's stored values as seen from a request at `at_us` (µs): an as-of row must be at or
-    before it and within the tolerance, a previous event strictly before it."""
+    before it and within the tolerance; a previous event must be known before it (or at it, with
+    `closed: both`): the batch's latest event when it is, else the event as of `as_of`."""
     if not part.timed:
         return stored
-    *values, t = stored
     if part.kind == "asof":
+        *values, t = stored
         fresh = t <= at_us and (part.tolerance_us is None or at_us - t <= part.tolerance_us)
         return values if fresh else [None] * len(values)
-    if t < at_us:
-        return [*values, (at_us - t) / 60_000_000]
-    return [None] * (len(values) + 1)
+    n = len(part.columns)
+    as_of_event, latest_event = stored[: n + 1], stored[n + 1 :]
+    for *values, t in (latest_event, as_of_event):
+        if t is not None and (t < at_us or (part.inclusive and t == at_us)):
+            return [*values, (at_us - t) / 60_000_000]
+    return [None] * (n + 1)
 
 
 def state_rows(part: OnlinePart, frame: pl.DataFrame) -> list[tuple[str, list[Any]]]:
     """(group key, stored values) of one part's state frame, in the layout `resolve` reads."""
     stored = [*part.columns, TIME] if part.timed else part.columns
+    if part.kind == "previous":
+        stored += [f"{LATEST}{c}" for c in [*part.columns, TIME]]
     return list(zip(frame[KEY].to_list(), frame.select(stored).rows(), strict=True))  # type: ignore[arg-type]

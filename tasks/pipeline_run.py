@@ -139,6 +139,7 @@ class PipelineRun:
         passed validation is announced as rejected, with where it was quarantined."""
         summary = self.summary
         summary.error = f"{self.stage_name}: {exc}"
+        summary.failed_stage = self.stage_name
         summary.duration_s = round(time.perf_counter() - self.started, 3)
         if self.stage_name in DATA_STAGES:
             summary.validation_success = False if self.stage_name == "validate" else None

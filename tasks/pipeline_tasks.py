@@ -31,7 +31,7 @@ from tasks.train import (
     SplitFrames,
     TrainedModel,
     dask_client_with_workers,
-    split_by_time,
+    split_frames,
     train_lightgbm,
     train_lightgbm_dask,
 )
@@ -140,7 +140,7 @@ def build_feature_table(batch: ValidatedBatch, dataset: DatasetConfig, lake: Lak
 
 def load_split(features: feature_code.FeatureSet, dataset: DatasetConfig, lake: Lake) -> SplitFrames:
     frame = lake.read_parquet(features.path)
-    return split_by_time(frame, features.event_time, dataset.split, dataset.features.timezone)
+    return split_frames(frame, dataset)
 
 
 @task(name="train", cache_policy=STAGE_CACHE, persist_result=True, retry_condition_fn=retry_unless_bad_data)

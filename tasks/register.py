@@ -96,6 +96,7 @@ def run_params(trained: TrainedModel, evaluation: Evaluation, dataset: DatasetCo
         "n_features": len(trained.model.features),
         "baseline": evaluation.baseline_kind,
         **{f"rows.{k}": v for k, v in trained.split_sizes.items()},
+        **{f"split.{k}": v for k, v in trained.split.items()},
     }
 
 
@@ -218,9 +219,24 @@ def score_on(model_uri: str, test: pl.DataFrame, target: str) -> float:
     return float(roc_auc_score(test.get_column(target).to_numpy(), predicted))
 
 
-def decide(challenger_auc: float, champion_auc: float | None, gate: GateConfig) -> tuple[bool, str]:
-    """The promotion rule alone: promote when there is no champion or the challenger beats it by min_delta."""
+def decide(
+    challenger_auc: float, champion_auc: float | None, gate: GateConfig, baseline_auc: float | None = None
+) -> tuple[bool, str]:
+    """The promotion rule alone. With `require_beat_baseline` (default) the challenger must first beat the
+    baseline on the test split (strictly), champion or not; then it is promoted when there is no champion
+    or it beats the champion by min_delta. The reason names the comparison that decided."""
+    if gate.require_beat_baseline:
+        if baseline_auc is None:
+            raise ValueError("gate.require_beat_baseline needs the baseline's test AUC")
+        if not challenger_auc > baseline_auc:
+            return (
+                False,
+                f"{gate.metric} {challenger_auc:.4f} does not beat the baseline's {baseline_auc:.4f}"
+                f" ({challenger_auc - baseline_auc:+.4f})",
+            )
     if champion_auc is None:
+        if gate.require_beat_baseline:
+            return True, f"no champion yet; {gate.metric} {challenger_auc:.4f} beats the baseline's {baseline_auc:.4f}"
         return True, "no champion yet"
     margin = challenger_auc - champion_auc
     if margin >= gate.min_delta:
@@ -263,7 +279,7 @@ def promote_if_better(
                 if logged is None:
                     raise RuntimeError(f"cannot score champion v{champion.version} on this test split: {exc}") from exc
                 champion_auc = float(logged)
-        promoted, reason = decide(evaluation.test_auc, champion_auc, gate)
+        promoted, reason = decide(evaluation.test_auc, champion_auc, gate, evaluation.baseline_auc)
         if promoted:
             client.set_registered_model_alias(name, CHAMPION, version)
         client.set_model_version_tag(name, version, "fusion.gate.decision", "promoted" if promoted else "rejected")

@@ -1,4 +1,4 @@
-"""Train: a time split of the feature table, LightGBM on it, and a baseline beside it.
+"""Train: the feature table split (by time, rows, class or group), LightGBM on it, and a baseline beside it.
 
 Runs as Dask work: on a cluster of several workers it trains with
 lightgbm.dask, otherwise with plain LightGBM inside the worker.
@@ -6,8 +6,9 @@ lightgbm.dask, otherwise with plain LightGBM inside the worker.
 
 from __future__ import annotations
 
+import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightgbm as lgb
@@ -15,7 +16,8 @@ import numpy as np
 import polars as pl
 
 from fusion.core.errors import TrainingError
-from fusion.core.settings import ModelConfig, SplitConfig
+from fusion.core.settings import DatasetConfig, ModelConfig, SplitConfig
+from tasks import kernels
 from tasks.classifier import CategoryVocabulary, TabularClassifier, to_matrix
 
 
@@ -24,6 +26,9 @@ class SplitFrames:
     train: pl.DataFrame
     valid: pl.DataFrame
     test: pl.DataFrame
+    # how the rows were divided, logged with the run: method, its settings, and a digest of which row
+    # went where (the same digest run to run means the same split)
+    record: dict[str, Any] = field(default_factory=dict)
 
     def sizes(self) -> dict[str, int]:
         return {"train": self.train.height, "valid": self.valid.height, "test": self.test.height}
@@ -38,22 +43,93 @@ class TrainedModel:
     fit_seconds: float
     split_sizes: dict[str, int]
     params: dict[str, Any]
+    split: dict[str, Any] = field(default_factory=dict)  # SplitFrames.record
 
 
-def split_by_time(frame: pl.DataFrame, event_time: str, split: SplitConfig, timezone: str) -> SplitFrames:
-    """train: before train_end; valid: up to valid_end; test: the rest (dates in the dataset's timezone)."""
-    local_date = pl.col(event_time).dt.convert_time_zone(timezone).dt.date()
+TRAIN, VALID, TEST = 0, 1, 2
+
+
+def split_frames(frame: pl.DataFrame, dataset: DatasetConfig) -> SplitFrames:
+    """The feature table in train, valid and test as `dataset.split` says: by event date (time), by a
+    seeded draw of rows (random), of rows within each target class (stratified: every part keeps the
+    target's rate to a row), or of groups (group: all rows of a `group_by` value in one part)."""
+    split = dataset.split
+    if split.method == "time":
+        part = _time_parts(frame, dataset)
+    elif split.method == "random":
+        part = _drawn_parts(np.arange(frame.height), split)
+    elif split.method == "stratified":
+        part = np.empty(frame.height, dtype=np.int8)
+        labels = frame.get_column(dataset.target.name).to_numpy()
+        for value in np.unique(labels):
+            rows = np.flatnonzero(labels == value)
+            part[rows] = _drawn_parts(rows, split)
+    else:
+        part = _group_parts(frame, split)
+    record: dict[str, Any] = {"method": split.method}
+    if split.method == "time":
+        record |= {"train_end": str(split.train_end), "valid_end": str(split.valid_end)}
+    else:
+        record |= {"valid_fraction": split.valid_fraction, "test_fraction": split.test_fraction, "seed": split.seed}
+        record |= {"group_by": ",".join(split.group_by)} if split.group_by else {}
+    record["digest"] = hashlib.sha256(part.astype(np.int8).tobytes()).hexdigest()[:16]
+    assigned = pl.Series("_part", part, dtype=pl.Int8)
     parts = SplitFrames(
-        train=frame.filter(local_date < split.train_end),
-        valid=frame.filter((local_date >= split.train_end) & (local_date < split.valid_end)),
-        test=frame.filter(local_date >= split.valid_end),
+        train=frame.filter(assigned == TRAIN),
+        valid=frame.filter(assigned == VALID),
+        test=frame.filter(assigned == TEST),
+        record=record,
     )
     empty = [name for name, n in parts.sizes().items() if n == 0]
     if empty:
-        raise TrainingError(
-            f"split {', '.join(empty)} is empty (train_end={split.train_end}, valid_end={split.valid_end})"
-        )
+        raise TrainingError(f"split {', '.join(empty)} is empty ({split.method} split: {record}, {frame.height} rows)")
     return parts
+
+
+def _time_parts(frame: pl.DataFrame, dataset: DatasetConfig) -> np.ndarray:
+    """train: before train_end; valid: up to valid_end; test: the rest (dates in the dataset's timezone)."""
+    split, event_time = dataset.split, dataset.features.event_time
+    if event_time is None or split.train_end is None or split.valid_end is None:  # the settings refuse this
+        raise TrainingError("a time split needs features.event_time, split.train_end and split.valid_end")
+    local_date = pl.col(event_time).dt.convert_time_zone(dataset.features.timezone).dt.date()
+    part = (
+        pl.when(local_date < split.train_end)
+        .then(TRAIN)
+        .when(local_date < split.valid_end)
+        .then(VALID)
+        .otherwise(TEST)
+        .cast(pl.Int8)
+    )
+    return frame.select(part).to_series().to_numpy()
+
+
+def _drawn_parts(rows: np.ndarray, split: SplitConfig) -> np.ndarray:
+    """A seeded permutation of `rows`' positions: the first test_fraction of them (rounded) are test,
+    the next valid_fraction valid, the rest train. Exact shares, the same for the same seed and rows."""
+    n = rows.size
+    order = np.random.default_rng(split.seed).permutation(n)
+    n_test, n_valid = round(n * split.test_fraction), round(n * split.valid_fraction)
+    part = np.full(n, TRAIN, dtype=np.int8)
+    part[order[:n_test]] = TEST
+    part[order[n_test : n_test + n_valid]] = VALID
+    return part
+
+
+def _group_parts(frame: pl.DataFrame, split: SplitConfig) -> np.ndarray:
+    """Each group's part from the stable hash of the seed and its `group_by` values (tasks/kernels.py,
+    the same on every machine and version): a group never changes part as its rows or other groups
+    come and go, and the shares are of groups, not rows. Rows with a null key form one group."""
+    missing = [c for c in split.group_by if c not in frame.columns]
+    if missing:
+        raise TrainingError(
+            f"split.group_by column(s) {missing} are not in the feature table: add them to features.id_columns"
+        )
+    seed = pl.Series("_seed", [split.seed], dtype=pl.Int64).new_from_index(0, frame.height)
+    hashed = kernels.cross_hash([seed, *(frame[c] for c in split.group_by)]).fill_null(0).to_numpy()
+    u = (hashed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return np.where(
+        u < split.test_fraction, TEST, np.where(u < split.test_fraction + split.valid_fraction, VALID, TRAIN)
+    ).astype(np.int8)
 
 
 def _labels(frame: pl.DataFrame, target: str, name: str) -> np.ndarray:
@@ -104,6 +180,7 @@ def train_lightgbm(
         fit_seconds=time.perf_counter() - started,
         split_sizes=parts.sizes(),
         params=params,
+        split=parts.record,
     )
 
 
@@ -145,6 +222,7 @@ def train_lightgbm_dask(
         fit_seconds=time.perf_counter() - started,
         split_sizes=parts.sizes(),
         params=params,
+        split=parts.record,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,24 +93,31 @@ class LookupJoin(Frozen):
     columns: dict[str, str] = Field(description="column in the joined table -> feature name")
 
 
+# Which rows known exactly at the prediction time T count: `left` (default) only rows known strictly
+# before T; `both` rows known at T too (a window is then (T - w, T], still w long).
+Closed = Literal["left", "both"]
+
+
 class RollingAggregate(Frozen):
     """Aggregates per group over values known in [prediction time - window, prediction time)."""
 
     name: str = Field(description="feature prefix: <name>_<agg>_<window>m")
-    by: list[str]
+    by: list[str] = Field(default_factory=list, description="group columns; empty: the whole table is one group")
     value: str = Field(description="Polars SQL expression over the primary table")
     known_at: str = Field(description="Polars SQL expression: when the value becomes known")
     windows_minutes: list[PositiveInt] = Field(min_length=1)
     aggs: list[Literal["mean", "count", "sum", "max"]] = Field(default_factory=lambda: ["mean", "count"])  # type: ignore[arg-type]
+    closed: Closed = Field("left", description="left: [T - w, T); both: (T - w, T], rows known at T count")
 
 
 class PreviousEvent(Frozen):
     """The latest earlier event of the same group known at prediction time (e.g. the aircraft's previous leg)."""
 
     name: str = Field(description="feature prefix: <name>_<column>, <name>_minutes_since")
-    by: list[str]
+    by: list[str] = Field(default_factory=list, description="group columns; empty: the whole table is one group")
     known_at: str = Field(description="Polars SQL expression: when that event's values become known")
     columns: list[str]
+    closed: Closed = Field("left", description="left: known strictly before T; both: known at or before T")
 
 
 class CategoricalCross(Frozen):
@@ -124,7 +132,11 @@ class FeatureSpec(Frozen):
     derived: dict[str, str] = Field(
         default_factory=dict, description="new column -> Polars SQL expression, computed in order on the primary table"
     )
-    event_time: str = Field(description="column (raw or derived) with the time of each primary row's event")
+    event_time: str | None = Field(
+        None,
+        description="datetime or date column (raw or derived) of each primary row's event; needed by calendar,"
+        " as-of, rolling, previous and a time split, and by nothing else",
+    )
     timezone: str = Field("UTC", description="timezone for calendar parts")
     calendar: list[Literal["hour", "minute_of_day", "weekday", "month", "day_of_year"]] = Field(default_factory=list)
     numeric: list[str] = Field(default_factory=list, description="columns known before prediction time, used as is")
@@ -147,13 +159,36 @@ class PredictionTimeConfig(Frozen):
 
 
 class SplitConfig(Frozen):
-    train_end: dt.date = Field(description="train: event time before this date")
-    valid_end: dt.date = Field(description="valid: from train_end to before this; test: from here on")
+    """How the feature table's rows are divided into train, valid and test."""
+
+    method: Literal["time", "random", "stratified", "group"] = Field(
+        "time", description="time: by event date; random; stratified: keeps the target's rate; group: by group_by"
+    )
+    train_end: dt.date | None = Field(None, description="time: train is event time before this date")
+    valid_end: dt.date | None = Field(None, description="time: valid up to before this; test from here on")
+    valid_fraction: float = Field(0.15, gt=0, lt=1, description="random, stratified, group: share of valid")
+    test_fraction: float = Field(0.15, gt=0, lt=1, description="random, stratified, group: share of test")
+    seed: int = Field(0, ge=0, description="random, stratified, group: the same seed gives the same split")
+    group_by: list[str] = Field(default_factory=list, description="group: no value of these columns in two parts")
 
     @model_validator(mode="after")
-    def _ordered(self) -> SplitConfig:
-        if self.valid_end <= self.train_end:
-            raise ValueError("split.valid_end must be after split.train_end")
+    def _consistent(self) -> SplitConfig:
+        if self.method == "time":
+            if self.train_end is None or self.valid_end is None:
+                raise ValueError("split.method time needs split.train_end and split.valid_end")
+            if self.valid_end <= self.train_end:
+                raise ValueError(f"split.valid_end ({self.valid_end}) must be after split.train_end ({self.train_end})")
+        elif self.train_end is not None or self.valid_end is not None:
+            raise ValueError(f"split.train_end and split.valid_end are for method time, not {self.method}")
+        if self.method == "group" and not self.group_by:
+            raise ValueError("split.method group needs split.group_by (the columns no value of which is split)")
+        if self.method != "group" and self.group_by:
+            raise ValueError(f"split.group_by is for method group, not {self.method}")
+        if self.valid_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"split.valid_fraction + split.test_fraction must be below 1, got"
+                f" {self.valid_fraction} + {self.test_fraction}"
+            )
         return self
 
 
@@ -170,6 +205,9 @@ class ModelConfig(Frozen):
 class GateConfig(Frozen):
     metric: Literal["test_auc"] = "test_auc"
     min_delta: float = Field(0.0, ge=0, description="challenger must beat the champion by this much")
+    require_beat_baseline: bool = Field(
+        True, description="the challenger must also beat the baseline on the test split, even with no champion"
+    )
 
 
 class DatasetConfig(Frozen):
@@ -182,6 +220,25 @@ class DatasetConfig(Frozen):
     split: SplitConfig
     model: ModelConfig
     gate: GateConfig = GateConfig()
+
+    @model_validator(mode="after")
+    def _event_time_where_needed(self) -> DatasetConfig:
+        """Everything that places rows in time names the event time; nothing else needs one."""
+        if self.features.event_time is None:
+            spec = self.features
+            needs = [
+                *(["features.calendar"] if spec.calendar else []),
+                *[f"features.asof[{i}] ({j.prefix or j.table})" for i, j in enumerate(spec.asof)],
+                *[f"features.rolling[{i}] ({r.name})" for i, r in enumerate(spec.rolling)],
+                *[f"features.previous[{i}] ({p.name})" for i, p in enumerate(spec.previous)],
+                *(["split.method time"] if self.split.method == "time" else []),
+            ]
+            if needs:
+                raise ValueError(
+                    f"features.event_time is not set, but {', '.join(needs)} place rows in time and need it"
+                    " (or use split.method random, stratified or group for a table without time)"
+                )
+        return self
 
     def fingerprint(self) -> str:
         """Stable hash of the whole dataset config (cache keys, MLflow tags)."""
@@ -286,6 +343,33 @@ class Settings(BaseSettings):
     events: EventsConfig = EventsConfig()
     serving: ServingConfig = ServingConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _paths_from_config_dir(cls, data: Any) -> Any:
+        """Relative paths in the dataset (source URIs, suite files) name files beside the config, wherever
+        the command runs: resolved against `config_dir`. URIs with a scheme (s3://, nycflights13://) and
+        absolute paths are left as they are."""
+        if not isinstance(data, dict) or not isinstance(data.get("dataset"), dict):
+            return data
+        folder = Path(data.get("config_dir") or "configs")
+        dataset = dict(data["dataset"])
+        source = dataset.get("source")
+        if isinstance(source, dict) and isinstance(source.get("tables"), dict):
+            tables = {
+                name: {**table, "uri": config_relative(folder, table["uri"])}
+                if isinstance(table, dict) and isinstance(table.get("uri"), str)
+                else table
+                for name, table in source["tables"].items()
+            }
+            dataset["source"] = {**source, "tables": tables}
+        validation = dataset.get("validation")
+        if isinstance(validation, dict) and isinstance(validation.get("suites"), dict):
+            suites = {
+                t: config_relative(folder, f) if isinstance(f, str) else f for t, f in validation["suites"].items()
+            }
+            dataset["validation"] = {**validation, "suites": suites}
+        return {**data, "dataset": dataset}
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -312,7 +396,7 @@ class Settings(BaseSettings):
         return self.mlflow_tracking_uri or f"sqlite:///{self.resolved_home / 'mlflow.db'}"
 
     def suite_path(self, table: str) -> Path:
-        return (self.config_dir / self.dataset.validation.suites[table]).resolve()
+        return Path(self.dataset.validation.suites[table])
 
 
 def load_settings(config: Path | str | None = None) -> Settings:
@@ -333,6 +417,19 @@ def load_settings(config: Path | str | None = None) -> Settings:
     )
     settings: Settings = bound(config_dir=path.resolve().parent)
     return Settings.model_validate(settings.model_dump())
+
+
+def has_scheme(uri: str) -> bool:
+    """`s3://…`, `nycflights13://…`, `file:///…`: a URI that names its own location."""
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", uri) is not None
+
+
+def config_relative(folder: Path, uri: str) -> str:
+    """A path from a config, absolute: relative ones are taken from the config file's folder."""
+    if has_scheme(uri):
+        return uri
+    path = Path(uri).expanduser()
+    return str(path if path.is_absolute() else (folder / path).resolve())
 
 
 def local_overlay(config: Path) -> Path:

@@ -39,3 +39,4 @@ class RunSummary(BaseModel):
     stages: list[StageReport] = Field(default_factory=list)
     duration_s: float = 0.0
     error: str | None = None
+    failed_stage: str | None = None  # the stage that was running when the run failed (config, ingest, ...)

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from tasks.features import build_features, categorical_names, feature_names
-from tasks.train import split_by_time, train_lightgbm_dask
+from tasks.train import split_frames, train_lightgbm_dask
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +18,7 @@ def test_lightgbm_dask_on_two_worker_processes(flights_settings: Any, flights_ta
 
     dataset = flights_settings.dataset
     frame = build_features(flights_tables, "flights", dataset.features, dataset.prediction_time, dataset.target)
-    parts = split_by_time(frame, dataset.features.event_time, dataset.split, dataset.features.timezone)
+    parts = split_frames(frame, dataset)
     names = feature_names(dataset.features)
     config = dataset.model.model_copy(update={"dask_num_boost_round": 60})
     with (

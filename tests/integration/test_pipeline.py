@@ -98,7 +98,7 @@ def test_sample_run_end_to_end(first_run: RunSummary, on_sample: Path, sample_so
     from sklearn.metrics import roc_auc_score
 
     from fusion.core.settings import load_settings
-    from tasks.train import split_by_time
+    from tasks.train import split_frames
 
     settings = load_settings("configs/flights.yaml")
     mlflow.set_tracking_uri(settings.resolved_mlflow_uri)
@@ -109,9 +109,7 @@ def test_sample_run_end_to_end(first_run: RunSummary, on_sample: Path, sample_so
     assert summary.batch_id
     batch_dir = on_sample / "lake" / "features" / "flights" / summary.batch_id
     assert features_path.is_file() and features_path.parent.resolve() == batch_dir.resolve()
-    test = split_by_time(
-        pl.read_parquet(features_path), "sched_dep", settings.dataset.split, settings.dataset.features.timezone
-    ).test
+    test = split_frames(pl.read_parquet(features_path), settings.dataset).test
     columns = [c.name for c in model.metadata.get_input_schema().inputs]
     auc = roc_auc_score(test["delayed"].to_numpy(), model.predict(test.select(columns).to_pandas()))
     assert auc == pytest.approx(summary.metrics.test_auc, abs=1e-9)
@@ -231,6 +229,7 @@ def test_bad_data_is_quarantined_and_registers_nothing(
         run()
     summary = RunSummary.model_validate_json(failure.value.summary_json)
     assert summary.error and summary.error.startswith(f"{stage}: ") and message in summary.error
+    assert summary.failed_stage == stage
     # validation failed, or never ran when ingest refused the batch
     assert summary.validation_success is (False if stage == "validate" else None) and summary.model_version is None
     assert summary.quarantine_uri and Path(summary.quarantine_uri, "reason.json").is_file()
