@@ -20,8 +20,8 @@ from fusion.core.lake import Lake
 from fusion.core.settings import DEFAULT_CONFIG, DaskConfig, Settings, WorkerEnvironment, load_settings, with_overrides
 from fusion.core.summary import RunSummary
 from tasks import pipeline_tasks as stages
+from tasks.check import checked_suites
 from tasks.pipeline_run import PipelineRun
-from tasks.validate import load_suites
 
 __all__ = ["RunFailed", "run_pipeline", "task_runner_for", "training_pipeline"]
 
@@ -73,7 +73,7 @@ def training_pipeline(
     lake, registry = Lake(settings.resolved_lake_uri), settings.resolved_mlflow_uri
     run = PipelineRun(settings, traceparent or new_traceparent(), str(flow_run.id) if flow_run.id else None)
     try:
-        suites = run.check("config", load_suites, settings)
+        suites = run.check("config", checked_suites, settings)
         fingerprints = run.stage("fingerprint", stages.fingerprint_sources, dataset.source)
         batch = run.stage("ingest", stages.ingest, dataset.name, dataset.source, fingerprints, lake)
         run.ingested(batch, dataset.source.primary)

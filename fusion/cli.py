@@ -1,4 +1,4 @@
-"""`fusion` command line: `fusion run`, `fusion serve`, `fusion trigger`."""
+"""`fusion` command line: `fusion run`, `fusion check`, `fusion serve`, `fusion trigger`."""
 
 from __future__ import annotations
 
@@ -6,18 +6,21 @@ import json
 import logging
 import os
 import sys
+import textwrap
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from fusion.core.settings import DEFAULT_CONFIG, Settings, load_settings, with_overrides
 from fusion.core.summary import RunSummary
+from tasks.check import LOAD_ERRORS, Problem, check_config, check_settings, load_problems
+from tasks.features import feature_names
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fusion: DAG-based ML pipeline.")
 err = Console(stderr=True, highlight=False)
@@ -49,11 +52,45 @@ def _fail(message: str, code: int, summary: dict[str, Any] | None, as_json: bool
 
 
 def _settings(config: Path, as_json: bool = False) -> Settings:
-    """The settings of one command, loaded once; a bad config ends the command with one line (exit 2)."""
+    """The settings of one command, loaded once; a bad config ends the command with one line per error (exit 2)."""
     try:
         return load_settings(config)
-    except (FileNotFoundError, ValidationError) as exc:
-        _fail(f"bad config {config}: {' '.join(str(exc).split())}", 2, None, as_json)
+    except LOAD_ERRORS as exc:
+        _refuse(config, load_problems(exc), as_json)
+
+
+def _refuse(config: Path, problems: Sequence[Problem], as_json: bool, verbose: bool = False) -> NoReturn:
+    """A config that fails its check ends the command: `error: <config>: <key>: <message>` per problem (exit 2)."""
+    if as_json:
+        print(json.dumps({"error": "; ".join(f"{config}: {p.line()}" for p in problems)}))
+    _print_problems(config, problems, verbose, prefix="[red]error:[/red] ")
+    raise typer.Exit(2)
+
+
+def _print_problems(config: Path, problems: Sequence[Problem], verbose: bool, prefix: str = "") -> None:
+    for problem in problems:
+        err.print(f"{prefix}{escape(f'{config}: {problem.line()}')}", soft_wrap=True)  # escaped: keys hold [0]
+        if verbose and problem.detail:
+            err.print(escape(textwrap.indent(problem.detail.rstrip(), "    ")), soft_wrap=True, style="dim")
+
+
+@app.command()
+def check(
+    config: Annotated[Path, typer.Option("--config", "-c", help="dataset config YAML")] = DEFAULT_CONFIG,
+    as_json: Annotated[bool, typer.Option("--json", help='print {"ok", "problems"} on stdout')] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show each problem's full underlying error")] = False,
+) -> None:
+    """Check a dataset config without reading data: keys, SQL expressions, columns, feature names, suites, files."""
+    settings, problems = check_config(config)
+    if as_json:
+        listed = [{"key": p.key, "message": p.message} for p in problems]
+        print(json.dumps({"ok": not problems, "problems": listed}))
+    if problems or settings is None:
+        _print_problems(config, problems, verbose)
+        raise typer.Exit(2)
+    dataset = settings.dataset
+    tables, features = len(dataset.source.tables), len(feature_names(dataset.features))
+    err.print(escape(f"ok: {config} ({dataset.name}: {tables} tables, {features} features)"), soft_wrap=True)
 
 
 @app.command()
@@ -65,6 +102,9 @@ def run(
     """Run the training pipeline on a dataset config and print its summary."""
     started = time.perf_counter()
     settings = _settings(config, as_json)
+    problems = check_settings(settings)  # the run checks again (deployments skip this command): here before Prefect
+    if problems:
+        _refuse(config, problems, as_json, verbose)
     from fusion.runtime import prepare_environment, start_embedded_prefect_api
 
     prepare_environment(settings, verbose=verbose)
