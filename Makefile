@@ -11,7 +11,7 @@ FUSION_HOME ?= .fusion
 export FUSION_HOME
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: help setup run run-example serve up down deploy status test test-fast lint typecheck rust-check bench bench-events bench-features bench-serving mlflow-ui docs clean
+.PHONY: help setup run run-example run-examples serve up down deploy status test test-fast lint typecheck rust-check bench bench-events bench-features bench-serving mlflow-ui docs clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -35,6 +35,12 @@ run: setup ## run the training pipeline on the default config (2013 NYC flights)
 run-example: setup ## generate the card-transactions example data and run its config (a second dataset)
 	$(PY) -m tests.datasets.card_transactions $(FUSION_HOME)/examples
 	$(VENV)/bin/fusion run --config configs/card_transactions.yaml
+
+run-examples: setup ## generate configs/examples/' data (no time column, repeated entities, a daily series) and run each config
+	for name in applicants visits daily_demand; do \
+		$(PY) -m tests.datasets.$$name $(FUSION_HOME)/examples && \
+		$(VENV)/bin/fusion run --config configs/examples/$$name.yaml || exit 1; \
+	done
 
 serve: setup ## serve the champion (after make run) on http://127.0.0.1:8000 with Redis (started if missing); Ctrl-C stops
 	infra/local/services.sh up redis
