@@ -131,10 +131,72 @@ def test_visits_split_by_patient_never_share_a_patient(fusion_home: Path, monkey
     assert_split_is_the_runs(summary, fusion_home, parts)
     assert_no_shared_groups(table, parts, "patient_id")
 
+    assert_served_like_registered(fusion_home, dataset, paths["visits"], table)
+
     # Control: a split by visit of the same table shares patients, and the check says so.
     by_visit = DatasetConfig.model_validate({**dataset.model_dump(), "split": {"method": "random", "seed": 3}})
     with pytest.raises(AssertionError):
         assert_no_shared_groups(table, split_frames(table, by_visit), "patient_id")
+
+
+def assert_served_like_registered(home: Path, dataset: DatasetConfig, source_csv: Path, table: pl.DataFrame) -> None:
+    """Serving's feature path for a table without time (ModelCore without Ray, online state from the lake
+    snapshot): raw CSV rows as /v1/predict records get what the registered pyfunc predicts for the
+    feature-table rows of the same visits."""
+    import asyncio
+
+    import mlflow.pyfunc
+
+    from serving.model_server import ModelCore
+
+    with source_csv.open() as f:
+        records = [row for _, row in zip(range(25), csv.DictReader(f), strict=False)]
+    uri = f"sqlite:///{home.resolve() / 'mlflow.db'}"
+    primary = dataset.source.tables[dataset.source.primary]
+    core = ModelCore(
+        {
+            "model_name": dataset.model.registered_name,
+            "record_fields": dict(primary.columns),
+            "tracking_uri": uri,
+            "lake_uri": str(home / "lake"),
+            "serving": {"poll_s": 3600},
+        }
+    )
+
+    async def served() -> list[float]:
+        await core.reload_now()
+        return (await core.predict_records(records))["predictions"]
+
+    model = mlflow.pyfunc.load_model(f"models:/{dataset.model.registered_name}@champion")
+    columns = [c.name for c in model.metadata.get_input_schema().inputs]
+    ids = [int(r["visit_id"]) for r in records]
+    rows = table.filter(pl.col("visit_id").is_in(ids)).sort(pl.col("visit_id").replace_strict(ids, range(len(ids))))
+    assert rows.height == len(records) and rows["patient_birth_year"].null_count() == 0
+    mlflow.set_tracking_uri(uri)
+    expected = model.predict(rows.select(columns).to_pandas())
+    assert asyncio.run(served()) == pytest.approx(list(expected), rel=1e-9)
+
+
+def test_a_model_that_loses_to_its_baseline_is_never_champion(
+    fusion_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first model of a registry, with no champion to beat: a single stump cannot draw what the
+    logistic baseline does on applicants, so it stays challenger, and the reason names the baseline."""
+    from flows.training_pipeline import run_pipeline
+    from tests.datasets.applicants import write
+
+    paths = write(fusion_home / "examples")
+    monkeypatch.setenv("FUSION_DATASET__SOURCE__TABLES__APPLICANTS__URI", str(paths["applicants"]))
+    stump = {"num_boost_round": 1, "early_stopping_rounds": 1, "params": {"num_leaves": 2, "learning_rate": 0.01}}
+    summary = run_pipeline(EXAMPLES / "applicants.yaml", overrides={"dataset": {"model": stump}})
+    assert summary.metrics.test_auc is not None and summary.metrics.baseline_auc is not None
+    assert summary.metrics.test_auc < summary.metrics.baseline_auc
+    assert not summary.promoted and summary.aliases == ["challenger"]
+    assert summary.gate_reason and "does not beat the baseline's" in summary.gate_reason
+    client = mlflow_client(fusion_home)
+    assert "champion" not in client.get_registered_model("applicants_default").aliases
+    version = client.get_model_version("applicants_default", summary.model_version)
+    assert version.tags["fusion.gate.decision"] == "rejected"
 
 
 def test_daily_demand_yesterday_checked_by_hand(fusion_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
