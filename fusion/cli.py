@@ -19,7 +19,7 @@ from rich.table import Table
 
 from fusion.core.settings import DEFAULT_CONFIG, Settings, load_settings, with_overrides
 from fusion.core.summary import RunSummary
-from tasks.check import LOAD_ERRORS, Problem, check_config, check_settings, load_problems
+from tasks.check import LOAD_ERRORS, Problem, check_config, check_settings, check_warnings, load_problems
 from tasks.features import feature_names
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fusion: DAG-based ML pipeline.")
@@ -82,12 +82,15 @@ def check(
 ) -> None:
     """Check a dataset config without reading data: keys, SQL expressions, columns, feature names, suites, files."""
     settings, problems = check_config(config)
+    warnings = check_warnings(settings) if settings is not None and not problems else []
     if as_json:
         listed = [{"key": p.key, "message": p.message} for p in problems]
-        print(json.dumps({"ok": not problems, "problems": listed}))
+        warned = [{"key": p.key, "message": p.message} for p in warnings]
+        print(json.dumps({"ok": not problems, "problems": listed, "warnings": warned}))
     if problems or settings is None:
         _print_problems(config, problems, verbose)
         raise typer.Exit(2)
+    _print_problems(config, warnings, verbose, prefix="[yellow]warning:[/yellow] ")
     dataset = settings.dataset
     tables, features = len(dataset.source.tables), len(feature_names(dataset.features))
     err.print(escape(f"ok: {config} ({dataset.name}: {tables} tables, {features} features)"), soft_wrap=True)
@@ -105,6 +108,7 @@ def run(
     problems = check_settings(settings)  # the run checks again (deployments skip this command): here before Prefect
     if problems:
         _refuse(config, problems, as_json, verbose)
+    _print_problems(config, check_warnings(settings), verbose, prefix="[yellow]warning:[/yellow] ")
     from fusion.runtime import prepare_environment, start_embedded_prefect_api
 
     prepare_environment(settings, verbose=verbose)

@@ -218,6 +218,37 @@ def check_settings(settings: Settings) -> list[Problem]:
     ]
 
 
+def check_warnings(settings: Settings) -> list[Problem]:
+    """What is allowed but is likely not what was meant; reported, never refused.
+
+    Day-level data with `closed: left`: a value known when its day ends (`day + INTERVAL '1 day'`) is
+    known exactly at the next day's prediction time, and `left` counts only rows known strictly before
+    it, so "the previous day" is two days back and a window misses its last day."""
+    dataset = settings.dataset
+    spec = dataset.features
+    columns, problems = derive_columns(dataset)
+    if problems or spec.event_time is None or columns.get(spec.event_time) != pl.Date:
+        return []
+    if dataset.prediction_time.offset_minutes % 1440:
+        return []
+    entries = [
+        *[(f"dataset.features.rolling[{i}]", r.known_at, r.closed) for i, r in enumerate(spec.rolling)],
+        *[(f"dataset.features.previous[{i}]", e.known_at, e.closed) for i, e in enumerate(spec.previous)],
+    ]
+    warnings = []
+    for key, known_at, closed in entries:
+        dtype, found = _expression_type(known_at, columns, f"{key}.known_at")
+        if not found and dtype == pl.Date and closed == "left":
+            warnings.append(
+                Problem(
+                    f"{key}.closed",
+                    f"known_at {known_at!r} and the prediction time are both whole days: with closed 'left' a"
+                    " row known at the start of day D does not count for day D (use closed: both if it should)",
+                )
+            )
+    return warnings
+
+
 def derive_columns(dataset: DatasetConfig) -> tuple[Columns, list[Problem]]:
     """The primary table's columns after `features.derived` (declared, then each derived one in order, each
     expression seeing only the columns before it), and the derived expressions' problems."""

@@ -493,7 +493,35 @@ def test_cli_check(tmp_path: Path) -> None:
         "problems": [
             {"key": "dataset.features.rolling[0].value", "message": "unknown column 'amout'; did you mean 'amount'?"}
         ],
+        "warnings": [],
     }
+
+
+def test_day_level_known_at_with_closed_left_is_warned_about_not_refused(tmp_path: Path) -> None:
+    """The trap of issue 14: a day's value known when the day ends, asked at midnight, with closed left."""
+    config = base()
+    features = config["dataset"]["features"]
+    features.update(event_time="day", calendar=[], asof=[])
+    features["previous"] = [{"name": "yday", "known_at": "day + INTERVAL '1 day'", "columns": ["amount"]}]
+    features["rolling"][0]["known_at"] = "day + INTERVAL '1 day'"
+    config["dataset"]["prediction_time"] = {"offset_minutes": 0}
+    runner = CliRunner()
+    path = write(tmp_path, config)
+    warned = runner.invoke(app, ["check", "--config", str(path), "--json"])
+    assert warned.exit_code == 0, warned.output
+    keys = [w["key"] for w in json.loads(warned.stdout)["warnings"]]
+    assert keys == ["dataset.features.rolling[0].closed", "dataset.features.previous[0].closed"]
+    assert "warning: " in warned.stderr and "closed: both" in warned.stderr
+    for entry in (features["rolling"][0], features["previous"][0]):
+        entry["closed"] = "both"
+    quiet = runner.invoke(app, ["check", "--config", str(write(tmp_path, config)), "--json"])
+    assert quiet.exit_code == 0 and json.loads(quiet.stdout)["warnings"] == []
+    # an hour before midnight the day just ended is not known yet: nothing to warn about
+    config["dataset"]["prediction_time"] = {"offset_minutes": -60}
+    for entry in (features["rolling"][0], features["previous"][0]):
+        entry["closed"] = "left"
+    early = runner.invoke(app, ["check", "--config", str(write(tmp_path, config)), "--json"])
+    assert early.exit_code == 0 and json.loads(early.stdout)["warnings"] == []
 
 
 def test_fusion_run_refuses_a_bad_config_before_prefect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
