@@ -9,7 +9,9 @@ store (tasks/online_store.py: Redis, or the lake snapshot in memory).
 
 Exactness: a request whose prediction time is `as_of` gets the features training would give a new
 row at that time (tests/code/test_online.py). For a later request, the minutes since a previous
-event and the as-of tolerance are recomputed at the request's time; windowed aggregates stay as of
+event and the as-of tolerance are recomputed at the request's time, and a previous event is the
+group's latest of the batch once that is known at the request's time (a daily series' last day,
+known when the day ends, after the batch's last prediction time); windowed aggregates stay as of
 `as_of` until the next run materializes them again.
 """
 

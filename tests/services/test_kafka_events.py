@@ -47,11 +47,19 @@ def test_topics_are_created_from_config(kafka_bootstrap: str) -> None:
     config = isolated_config(partitions=2)
     KafkaEventBus(kafka_bootstrap, config).close()
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    expected = dict.fromkeys(all_topics(config), 2)
     try:
-        described = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(all_topics(config))}
+        # A topic just created can be described before its partitions are in the broker's metadata
+        # (0 partitions): ask again for a few seconds, then compare.
+        deadline = time.monotonic() + 15
+        while True:
+            described = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(all_topics(config))}
+            if described == expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
     finally:
         admin.close()
-    assert described == dict.fromkeys(all_topics(config), 2)
+    assert described == expected
     assert config.deadletter_topic in described and config.requests_topic in described
 
 
