@@ -13,6 +13,7 @@ that the check answers in about a second.
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import re
 import traceback
@@ -22,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import polars as pl
 import yaml
@@ -221,6 +223,8 @@ def check_settings(settings: Settings) -> list[Problem]:
 def check_warnings(settings: Settings) -> list[Problem]:
     """What is allowed but is likely not what was meant; reported, never refused.
 
+    Dates in a zone with daylight saving time and windows of whole days: the week that springs forward
+    is 167 hours, so a 7-day window holds 8 days there.
     Day-level data with `closed: left`: a value known when its day ends (`day + INTERVAL '1 day'`) is
     known exactly at the next day's prediction time, and `left` counts only rows known strictly before
     it, so "the previous day" is two days back and a window misses its last day."""
@@ -229,13 +233,22 @@ def check_warnings(settings: Settings) -> list[Problem]:
     columns, problems = derive_columns(dataset)
     if problems or spec.event_time is None or columns.get(spec.event_time) != pl.Date:
         return []
+    warnings = [
+        Problem(
+            f"dataset.features.rolling[{i}].windows_minutes",
+            f"whole days over dates in features.timezone {spec.timezone!r}, which has daylight saving time: a"
+            " the day it springs forward is 23 hours, so a window over it holds one day more"
+            " (give timezone: UTC for a series of dates)",
+        )
+        for i, r in enumerate(spec.rolling)
+        if _has_dst(spec.timezone) and any(w % 1440 == 0 for w in r.windows_minutes)
+    ]
     if dataset.prediction_time.offset_minutes % 1440:
-        return []
+        return warnings
     entries = [
         *[(f"dataset.features.rolling[{i}]", r.known_at, r.closed) for i, r in enumerate(spec.rolling)],
         *[(f"dataset.features.previous[{i}]", e.known_at, e.closed) for i, e in enumerate(spec.previous)],
     ]
-    warnings = []
     for key, known_at, closed in entries:
         dtype, found = _expression_type(known_at, columns, f"{key}.known_at")
         if not found and dtype == pl.Date and closed == "left":
@@ -247,6 +260,15 @@ def check_warnings(settings: Settings) -> list[Problem]:
                 )
             )
     return warnings
+
+
+def _has_dst(timezone: str) -> bool:
+    """Whether the zone's offset from UTC changes in the year (an unknown zone: the settings refuse it)."""
+    try:
+        zone = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return dt.datetime(2024, 1, 15, tzinfo=zone).utcoffset() != dt.datetime(2024, 7, 15, tzinfo=zone).utcoffset()
 
 
 def derive_columns(dataset: DatasetConfig) -> tuple[Columns, list[Problem]]:

@@ -516,6 +516,12 @@ def test_day_level_known_at_with_closed_left_is_warned_about_not_refused(tmp_pat
         entry["closed"] = "both"
     quiet = runner.invoke(app, ["check", "--config", str(write(tmp_path, config)), "--json"])
     assert quiet.exit_code == 0 and json.loads(quiet.stdout)["warnings"] == []
+    # dates in a zone with daylight saving time and a window of whole days
+    features["timezone"] = "Europe/Berlin"
+    features["rolling"][0]["windows_minutes"] = [60, 7 * 1440]
+    dst = runner.invoke(app, ["check", "--config", str(write(tmp_path, config)), "--json"])
+    assert [w["key"] for w in json.loads(dst.stdout)["warnings"]] == ["dataset.features.rolling[0].windows_minutes"]
+    features["timezone"] = "UTC"
     # an hour before midnight the day just ended is not known yet: nothing to warn about
     config["dataset"]["prediction_time"] = {"offset_minutes": -60}
     for entry in (features["rolling"][0], features["previous"][0]):
