@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fusion.core.events import CloudEvent, durable_producer, ensure_topics
 from fusion.core.settings import EventsConfig, load_settings, with_overrides
+from tasks.check import check_settings
 
 log = logging.getLogger("fusion.trigger")
 MAX_EVENT_BYTES = 256 * 1024
@@ -81,9 +82,14 @@ def parse_request(payload: bytes | None, configs_dir: Path, max_bytes: int = MAX
         raise InvalidRequest(f"data.dataset: no config {config.name} in {configs_dir}")
     if event.data.params or event.data.uri:
         try:
-            with_overrides(load_settings(config), event.data.params, event.data.uri)
+            settings = with_overrides(load_settings(config), event.data.params, event.data.uri)
         except ValidationError as exc:
             raise InvalidRequest(f"data.params: {first_error(exc)}") from exc
+        # what the run's first stage would refuse, refused here; source files are not looked for: the
+        # run reads them on a worker, which need not be this machine
+        problems = check_settings(settings, files=False)
+        if problems:
+            raise InvalidRequest(f"data.params: {'; '.join(p.line() for p in problems)}")
     return event
 
 

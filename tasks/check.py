@@ -204,9 +204,9 @@ def checked_suites(settings: Settings) -> dict[str, dict[str, Any]]:
     return load_suites(settings)
 
 
-def check_settings(settings: Settings) -> list[Problem]:
+def check_settings(settings: Settings, files: bool = True) -> list[Problem]:
     """Every problem of loaded settings that needs no data: expressions, column names, feature names,
-    suites, local source files."""
+    suites, and (`files`) local source files: not where the data is read on another machine."""
     dataset = settings.dataset
     columns, derive_problems = derive_columns(dataset)
     return [
@@ -216,7 +216,7 @@ def check_settings(settings: Settings) -> list[Problem]:
         *_join_problems(dataset),
         *_name_problems(dataset),
         *_suite_problems(settings),
-        *_source_problems(dataset),
+        *(_source_problems(dataset) if files else []),
     ]
 
 

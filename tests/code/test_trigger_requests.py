@@ -47,6 +47,17 @@ def test_params_are_checked_against_the_settings_tree() -> None:
         )
 
 
+def test_params_that_break_the_config_are_refused_by_its_check() -> None:
+    """A request whose params name a column no table has is dead-lettered, not started and failed."""
+    params = {"dataset": {"features": {"numeric": ["distance", "distnace"]}}}
+    with pytest.raises(InvalidRequest) as refused:
+        parse_request(encode(request(data={"dataset": "flights", "params": params})), CONFIGS)
+    assert str(refused.value) == (
+        "data.params: dataset.features.numeric[1]: unknown column 'distnace' of table 'flights';"
+        " did you mean 'distance'?"
+    )
+
+
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
