@@ -10,11 +10,12 @@ baseline does not, so the model beats it clearly.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+from tests.datasets import main, write_csvs
 
 EMPLOYMENT = ["salaried", "self_employed", "contract", "unemployed", "retired"]
 REGIONS = ["capital", "north", "south", "east", "west"]
@@ -57,12 +58,8 @@ def generate(applicants: int = 20_000, seed: int = 11) -> pl.DataFrame:
 
 
 def write(folder: Path) -> dict[str, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {"applicants": folder / "applicants.csv"}
-    generate().write_csv(paths["applicants"])
-    return paths
+    return write_csvs(folder, {"applicants": ("applicants.csv", generate())})
 
 
 if __name__ == "__main__":
-    for name, path in write(Path(sys.argv[1] if len(sys.argv) > 1 else ".fusion/examples")).items():
-        print(f"{name}: {path}")
+    main(write)

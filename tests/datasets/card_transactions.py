@@ -7,11 +7,12 @@ makes it run. `python -m tests.datasets.card_transactions OUT_DIR` writes it.
 from __future__ import annotations
 
 import datetime as dt
-import sys
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+from tests.datasets import main, write_csvs
 
 START = dt.datetime(2024, 1, 1)
 DAYS = 182
@@ -72,14 +73,11 @@ def generate(accounts: int = 1500, transactions: int = 60_000, seed: int = 7) ->
 
 
 def write(folder: Path) -> dict[str, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
     transactions, accounts = generate()
-    paths = {"transactions": folder / "card_transactions.csv", "accounts": folder / "accounts.csv"}
-    transactions.write_csv(paths["transactions"])
-    accounts.write_csv(paths["accounts"])
-    return paths
+    return write_csvs(
+        folder, {"transactions": ("card_transactions.csv", transactions), "accounts": ("accounts.csv", accounts)}
+    )
 
 
 if __name__ == "__main__":
-    for name, path in write(Path(sys.argv[1] if len(sys.argv) > 1 else ".fusion/examples")).items():
-        print(f"{name}: {path}")
+    main(write)

@@ -11,11 +11,12 @@ demand exceeds HIGH_DEMAND.
 from __future__ import annotations
 
 import datetime as dt
-import sys
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+from tests.datasets import main, write_csvs
 
 FIRST_DAY = dt.date(2020, 1, 1)
 LAST_DAY = dt.date(2023, 12, 31)
@@ -61,12 +62,8 @@ def generate(seed: int = 5) -> pl.DataFrame:
 
 
 def write(folder: Path) -> dict[str, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {"demand": folder / "daily_demand.csv"}
-    generate().write_csv(paths["demand"])
-    return paths
+    return write_csvs(folder, {"demand": ("daily_demand.csv", generate())})
 
 
 if __name__ == "__main__":
-    for name, path in write(Path(sys.argv[1] if len(sys.argv) > 1 else ".fusion/examples")).items():
-        print(f"{name}: {path}")
+    main(write)

@@ -11,11 +11,12 @@ patient; the config's leaves of 20 rows memorise less). configs/examples/visits.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+from tests.datasets import main, write_csvs
 
 VISIT_TYPES = ["routine", "follow_up", "urgent", "telehealth"]
 REGIONS = ["north", "south", "east", "west"]
@@ -76,14 +77,9 @@ def generate(patients: int = 2000, seed: int = 3) -> tuple[pl.DataFrame, pl.Data
 
 
 def write(folder: Path) -> dict[str, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
     visits, patients = generate()
-    paths = {"visits": folder / "visits.csv", "patients": folder / "patients.csv"}
-    visits.write_csv(paths["visits"])
-    patients.write_csv(paths["patients"])
-    return paths
+    return write_csvs(folder, {"visits": ("visits.csv", visits), "patients": ("patients.csv", patients)})
 
 
 if __name__ == "__main__":
-    for name, path in write(Path(sys.argv[1] if len(sys.argv) > 1 else ".fusion/examples")).items():
-        print(f"{name}: {path}")
+    main(write)
