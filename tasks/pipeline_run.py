@@ -23,9 +23,11 @@ from tasks.features import FeatureSet
 from tasks.ingest import IngestedBatch
 from tasks.online_store import Materialized
 from tasks.register import GateDecision, Registration
+from tasks.run_story import Artifact, failure_story, gate_story, metrics_story, mlflow_links, validation_story
 from tasks.validate import ValidatedBatch
 
 progress = logging.getLogger("fusion.progress")
+log = logging.getLogger(__name__)
 SOURCE = "/fusion/flows/training_pipeline"
 DATA_STAGES = ("fingerprint", "ingest", "validate")  # a failure here rejects the batch
 
@@ -37,8 +39,41 @@ class PipelineRun:
         self.traceparent = traceparent
         self.sink = EventSink(settings.resolved_home, settings.kafka_bootstrap_servers, settings.events)
         self.summary = RunSummary(run_id=run_id, dataset=self.dataset, traceparent=traceparent)
+        self.tracking_uri = settings.resolved_mlflow_uri
         self.stage_name = "run"
         self.started = time.perf_counter()
+        self.tag(f"dataset:{self.dataset}", f"trace:{traceparent.split('-')[1]}")
+
+    def tag(self, *tags: str) -> None:
+        """Add tags to this flow run (the Prefect UI filters runs by them): dataset, batch, trace id."""
+        if self.summary.run_id is None:
+            return
+        from uuid import UUID
+
+        from prefect.client.orchestration import get_client
+
+        try:
+            with get_client(sync_client=True) as client:
+                flow_run = client.read_flow_run(UUID(self.summary.run_id))
+                client.update_flow_run(flow_run.id, tags=sorted({*flow_run.tags, *tags}))
+        except Exception:  # the tags are for people; the run goes on without them
+            log.warning("could not tag flow run %s with %s", self.summary.run_id, tags, exc_info=True)
+
+    def publish(self, artifact: Artifact) -> None:
+        """One part of the run's story as a Prefect artifact of this flow run (tasks/run_story.py)."""
+        from prefect import artifacts
+
+        try:
+            if artifact.kind == "markdown":
+                artifacts.create_markdown_artifact(artifact.body, key=artifact.key, description=artifact.description)
+            elif artifact.kind == "table":
+                artifacts.create_table_artifact(artifact.body, key=artifact.key, description=artifact.description)
+            else:
+                artifacts.create_link_artifact(
+                    artifact.body, link_text=artifact.link_text, key=artifact.key, description=artifact.description
+                )
+        except Exception:  # a report of the run, not its work
+            log.warning("could not publish artifact %s", artifact.key, exc_info=True)
 
     def check(self, name: str, check: Any, *args: Any) -> Any:
         """A quick step in the flow's own process (no task, not reported): its failure is labelled `name`."""
@@ -49,7 +84,7 @@ class PipelineRun:
         """Run one stage as a Prefect task and wait for it; I/O stages retry as `pipeline.retries` says."""
         self.stage_name = name
         started = time.perf_counter()
-        future: PrefectFuture[Any] = self._configured(task).submit(*args)
+        future: PrefectFuture[Any] = self._configured(task, name).submit(*args)
         future.wait()
         result = future.result()
         seconds = time.perf_counter() - started
@@ -66,17 +101,22 @@ class PipelineRun:
             traceparent=child_traceparent(self.traceparent),
             data={"run_id": self.summary.run_id, "dataset": self.dataset, **data},
         )
-        self._configured(stages.publish).submit(self.sink, event).result()
+        self._configured(stages.publish, f"publish {type_}").submit(self.sink, event).result()
 
-    def _configured(self, task: Any) -> Any:
-        """The task with this run's cache choice, and `pipeline.retries` when it does I/O (tag `io`)."""
-        options: dict[str, Any] = {"refresh_cache": None if self.pipeline.cache else True}
+    def _configured(self, task: Any, name: str) -> Any:
+        """The task with a readable run name (`ingest [flights]`), this run's cache choice, and
+        `pipeline.retries` when it does I/O (tag `io`)."""
+        options: dict[str, Any] = {
+            "refresh_cache": None if self.pipeline.cache else True,
+            "task_run_name": f"{name} [{self.dataset}]",
+        }
         if stages.IO in task.tags:
             options |= {"retries": self.pipeline.retries, "retry_delay_seconds": self.pipeline.retry_delay_s}
         return task.with_options(**options)
 
     def ingested(self, batch: IngestedBatch, primary: str) -> None:
         self.summary.batch_id, self.summary.rows_ingested = batch.batch_id, batch.rows[primary]
+        self.tag(f"batch:{batch.batch_id}")
         self.announce("fusion.data.ready", {"batch_id": batch.batch_id, "rows": batch.rows, "tables": batch.tables})
 
     def validated(self, valid: ValidatedBatch) -> None:
@@ -91,6 +131,7 @@ class PipelineRun:
             "data_docs": valid.docs_index,
         }
         self.announce("fusion.data.validated", data)
+        self.publish(validation_story(self.dataset, valid))
 
     def featured(self, features: FeatureSet) -> None:
         data = {
@@ -117,10 +158,14 @@ class PipelineRun:
             "metrics": evaluation.metrics(),
         }
         self.announce("fusion.model.trained", data)
+        for link in mlflow_links(self.dataset, self.tracking_uri, registration):
+            self.publish(link)
 
     def decided(self, decision: GateDecision, registration: Registration, evaluation: Evaluation) -> None:
         summary = self.summary
         summary.promoted, summary.aliases, summary.gate_reason = decision.promoted, decision.aliases, decision.reason
+        self.publish(metrics_story(self.dataset, evaluation, decision))
+        self.publish(gate_story(self.dataset, registration, decision))
         if decision.promoted:
             data = {
                 "model_name": registration.model_name,
@@ -152,6 +197,7 @@ class PipelineRun:
                 "quarantine_uri": summary.quarantine_uri,
             }
             self.announce("fusion.data.rejected", data)
+        self.publish(failure_story(self.dataset, self.stage_name, str(exc), summary.quarantine_uri))
         return RunFailed(summary.error, summary.model_dump_json())
 
     def finish(self) -> RunSummary:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,40 @@ def test_sample_run_end_to_end(first_run: RunSummary, on_sample: Path, sample_so
     # the model's files live in this FUSION_HOME, not in whatever directory the run started from
     artifacts = mlflow_client(on_sample).get_model_version_download_uri("flights_delay", version.version)
     assert Path(artifacts.removeprefix("file://")).resolve().is_relative_to((on_sample / "mlartifacts").resolve())
+
+
+def test_the_prefect_run_tells_its_story(first_run: RunSummary) -> None:
+    """What a data engineer sees in the Prefect UI: the flow run's tags, readable task run names, and
+    the artifacts of validation, metrics beside the baseline, the gate and MLflow, read back from the API."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    assert first_run.run_id and first_run.traceparent and first_run.batch_id
+    run_id = UUID(first_run.run_id)
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(run_id)
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+    by_key = run_artifacts(first_run.run_id)
+    trace = first_run.traceparent.split("-")[1]
+    assert {"dataset:flights", f"batch:{first_run.batch_id}", f"trace:{trace}"} <= set(flow_run.tags)
+    names = {t.name for t in tasks}
+    assert {"ingest [flights]", "validate [flights]", "train [flights]", "promote [flights]"} <= names
+    assert "publish fusion.model.promoted [flights]" in names
+
+    assert set(by_key) == {"flights-validation", "flights-metrics", "flights-gate", "flights-mlflow"}
+    validation = str(by_key["flights-validation"])
+    assert f"batch `{first_run.batch_id}`" in validation and "expectations met" in validation
+    assert "expect_column_values_to_not_be_null" in validation and "Data Docs" in validation
+    table = by_key["flights-metrics"]
+    metrics = {row["metric"]: row for row in (json.loads(table) if isinstance(table, str) else table)}
+    assert metrics["test ROC AUC"]["model"] == pytest.approx(first_run.metrics.test_auc, abs=1e-4)
+    assert metrics["test ROC AUC"]["baseline"] == pytest.approx(first_run.metrics.baseline_auc, abs=1e-4)
+    assert metrics["test ROC AUC"]["champion"] is None  # no champion before the first run
+    gate = str(by_key["flights-gate"])
+    assert f"flights_delay v{first_run.model_version}: promoted" in gate and (first_run.gate_reason or "?") in gate
+    assert first_run.mlflow_run_id and first_run.mlflow_run_id in str(by_key["flights-mlflow"])
 
 
 def test_second_run_hits_the_cache_and_reuses_the_version(first_run: RunSummary, on_sample: Path) -> None:
@@ -237,6 +272,26 @@ def test_bad_data_is_quarantined_and_registers_nothing(
     last = JsonlEventBus(fusion_home / "events" / "events.jsonl").read()[-1]
     assert last.type == "fusion.data.rejected" and message in last.data["reason"]
     assert last.data["quarantine_uri"] == summary.quarantine_uri
+    # and the Prefect UI says so beside the run
+    assert run_artifacts(summary.run_id) == {
+        "flights-failure": f"## The run failed in stage `{stage}`\n\n    {summary.error.removeprefix(f'{stage}: ')}"
+        f"\n\nThe batch is in quarantine: `{summary.quarantine_uri}` (reason.json says why)."
+    }
+
+
+def run_artifacts(run_id: str | None) -> dict[str, Any]:
+    """The Prefect artifacts of one flow run, by key."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    assert run_id
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(run_id)]))
+        )
+    return {a.key: a.data for a in found if a.key}  # keyless ones are Prefect's own (results)
 
 
 def test_a_second_dataset_runs_from_its_config_alone(fusion_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
