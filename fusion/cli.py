@@ -1,4 +1,4 @@
-"""`fusion` command line: `fusion run`, `fusion check`, `fusion serve`, `fusion trigger`."""
+"""`fusion` command line: `fusion run`, `fusion check`, `fusion status`, `fusion serve`, `fusion trigger`."""
 
 from __future__ import annotations
 
@@ -195,6 +195,73 @@ def serve(
     from serving.app import serve_forever
 
     serve_forever(settings)
+
+
+@app.command()
+def status(
+    config: Annotated[Path, typer.Option("--config", "-c", help="config whose home, registry and serving to read")] = (
+        DEFAULT_CONFIG
+    ),
+    as_json: Annotated[bool, typer.Option("--json", help="print the status as one JSON object on stdout")] = False,
+    runs: Annotated[int, typer.Option(help="how many recent runs to list")] = 10,
+) -> None:
+    """Recent runs and their stages, champions, serving and local services, on one screen."""
+    settings = _settings(config, as_json)
+    from fusion.status import collect
+
+    state = collect(settings, runs)
+    if as_json:
+        print(json.dumps(state))
+        return
+    show_status(state)
+
+
+def show_status(state: dict[str, Any]) -> None:
+    marks = {"done": "[green]✓[/green]", "cached": "[dim]✓[/dim]", "failed": "[red]✗[/red]"}
+    table = Table(title=f"recent runs in {escape(state['home'])}", title_justify="left")
+    for column in ("finished (UTC)", "dataset", "batch", "stages", "test AUC (baseline)", "model", "champion?"):
+        table.add_column(column)
+    for run in state["runs"]:
+        stages = " ".join(f"{marks[s['outcome']]}{escape(s['stage'])}" for s in run["stages"])
+        auc = f"{run['test_auc']:.4f} ({run['baseline_auc']:.4f})" if run["test_auc"] is not None else "-"
+        table.add_row(
+            escape((run["finished_at"] or "-").replace("T", " ").removesuffix("+00:00")),
+            escape(run["dataset"]),
+            escape(run["batch_id"] or "-"),
+            stages + (f"\n[red]{escape(run['error'])}[/red]" if run["error"] else ""),
+            auc,
+            escape(run["model"] or "-"),
+            "promoted" if run["promoted"] else "-",
+        )
+    if not state["runs"]:
+        table.add_row("no runs recorded yet (fusion run)", "", "", "", "", "", "")
+    err.print(table)
+    for name, champion in state["champions"].items():
+        if champion["version"] is None:
+            err.print(f"champion of {escape(name)}: none ({escape(champion['error'])})")
+        else:
+            auc = f", test AUC {champion['test_auc']:.4f}" if champion["test_auc"] is not None else ""
+            err.print(
+                f"champion of {escape(name)}: v{champion['version']}{auc}, batch {escape(champion['batch_id'] or '-')}"
+            )
+    serving = state["serving"]
+    if serving["up"]:
+        served = (
+            f"serving {serving['model']} v{serving.get('version') or '?'}"
+            if serving["ready"]
+            else "up, no model loaded"
+        )
+        err.print(f"serving at {serving['url']}: [green]{escape(served)}[/green]")
+    else:
+        err.print(f"serving at {serving['url']}: [dim]not running[/dim]")
+    services = state["services"]
+    if services:
+        shown = [
+            f"[green]{name}[/green]" if s.get("running") else f"[dim]{name}[/dim]"
+            for name, s in services.items()
+            if isinstance(s, dict)
+        ]
+        err.print("local services (green: running): " + " ".join(shown))
 
 
 def show_summary(summary: RunSummary, mlflow_uri: str) -> None:

@@ -7,6 +7,7 @@ name the flow keeps by hand.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from typing import Any
@@ -15,8 +16,9 @@ from prefect.futures import PrefectFuture
 
 from fusion.core.errors import FusionError, RunFailed
 from fusion.core.events import CloudEvent, EventSink, EventType, child_traceparent
+from fusion.core.lake import Lake
 from fusion.core.settings import PipelineConfig, Settings
-from fusion.core.summary import RunMetrics, RunSummary, StageReport
+from fusion.core.summary import RUNS, RunMetrics, RunSummary, StageReport
 from tasks import pipeline_tasks as stages
 from tasks.evaluate import Evaluation
 from tasks.features import FeatureSet
@@ -40,6 +42,7 @@ class PipelineRun:
         self.sink = EventSink(settings.resolved_home, settings.kafka_bootstrap_servers, settings.events)
         self.summary = RunSummary(run_id=run_id, dataset=self.dataset, traceparent=traceparent)
         self.tracking_uri = settings.resolved_mlflow_uri
+        self.lake = Lake(settings.resolved_lake_uri)
         self.stage_name = "run"
         self.started = time.perf_counter()
         self.tag(f"dataset:{self.dataset}", f"trace:{traceparent.split('-')[1]}")
@@ -198,8 +201,23 @@ class PipelineRun:
             }
             self.announce("fusion.data.rejected", data)
         self.publish(failure_story(self.dataset, self.stage_name, str(exc), summary.quarantine_uri))
+        self.record()
         return RunFailed(summary.error, summary.model_dump_json())
 
     def finish(self) -> RunSummary:
         self.summary.duration_s = round(time.perf_counter() - self.started, 3)
+        self.record()
         return self.summary
+
+    def record(self) -> None:
+        """The summary into the lake's run ledger (`runs/<dataset>/<finished at>-<run id>.json`): what
+        `fusion status` lists, with or without any service running."""
+        finished = dt.datetime.now(dt.UTC)
+        self.summary.finished_at = finished.isoformat(timespec="seconds")
+        name = f"{finished.strftime('%Y%m%dT%H%M%S%fZ')}-{self.summary.run_id or 'local'}.json"
+        try:
+            self.lake.write_bytes(
+                self.summary.model_dump_json(indent=2).encode(), self.lake.path(*RUNS, self.dataset, name)
+            )
+        except Exception:  # the run's own outcome stands; only its line in `fusion status` is missing
+            log.warning("could not record run %s in the lake", self.summary.run_id, exc_info=True)

@@ -52,6 +52,23 @@ class Lake:
             data: bytes = f.read()
             return data
 
+    def files(self, *parts: str) -> list[str]:
+        """The files directly in a folder of the lake, as lake paths sorted by name; none when it does not exist."""
+        folder = self.path(*parts)
+        fs, p = self._fs(folder)
+        if not fs.isdir(p):
+            return []
+        return sorted(f"{folder}/{entry.rstrip('/').rsplit('/', 1)[-1]}" for entry in fs.ls(p, detail=False))
+
+    def folders(self, *parts: str) -> list[str]:
+        """The names of the folders directly in a folder of the lake, sorted."""
+        fs, p = self._fs(self.path(*parts))
+        if not fs.isdir(p):
+            return []
+        return sorted(
+            e["name"].rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(p, detail=True) if e["type"] == "directory"
+        )
+
     def write_json(self, obj: Any, path: str) -> str:
         return self.write_bytes(json.dumps(obj, indent=2, default=str).encode(), path)
 

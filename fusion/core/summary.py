@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+# The lake folder of the run ledger: `runs/<dataset>/<finished at>-<run id>.json`, one summary per run
+# (tasks/pipeline_run.py writes it, `fusion status` reads it).
+RUNS = ("runs",)
+
 
 class RunMetrics(BaseModel):
     test_auc: float | None = None
@@ -38,5 +42,6 @@ class RunSummary(BaseModel):
     traceparent: str | None = None
     stages: list[StageReport] = Field(default_factory=list)
     duration_s: float = 0.0
+    finished_at: str | None = None  # ISO 8601, UTC
     error: str | None = None
     failed_stage: str | None = None  # the stage that was running when the run failed (config, ingest, ...)

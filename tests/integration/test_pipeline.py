@@ -155,6 +155,26 @@ def test_the_prefect_run_tells_its_story(first_run: RunSummary) -> None:
     assert first_run.mlflow_run_id and first_run.mlflow_run_id in str(by_key["flights-mlflow"])
 
 
+def test_fusion_status_lists_the_run_and_the_champion(first_run: RunSummary, on_sample: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fusion.cli import app
+
+    shown = CliRunner().invoke(app, ["status", "--json", "--runs", "50"])
+    assert shown.exit_code == 0, shown.output
+    state = json.loads(shown.stdout)
+    runs = {r["run_id"]: r for r in state["runs"]}
+    mine = runs[first_run.run_id]
+    assert mine["ok"] and mine["batch_id"] == first_run.batch_id and mine["dataset"] == "flights"
+    assert [s["stage"] for s in mine["stages"]] == [s.stage for s in first_run.stages]
+    assert mine["test_auc"] == first_run.metrics.test_auc and mine["promoted"]
+    champion = state["champions"]["flights_delay"]
+    assert champion["version"] is not None and champion["test_auc"] > 0.6  # later tests may promote another
+    assert set(state["serving"]) >= {"url", "up", "ready"} and isinstance(state["services"], dict)
+    table = CliRunner().invoke(app, ["status"])
+    assert table.exit_code == 0 and "champion of flights_delay: v" in table.stderr
+
+
 def test_second_run_hits_the_cache_and_reuses_the_version(first_run: RunSummary, on_sample: Path) -> None:
     versions_before = version_numbers(on_sample, "flights_delay")
     summary = run()
@@ -272,6 +292,12 @@ def test_bad_data_is_quarantined_and_registers_nothing(
     last = JsonlEventBus(fusion_home / "events" / "events.jsonl").read()[-1]
     assert last.type == "fusion.data.rejected" and message in last.data["reason"]
     assert last.data["quarantine_uri"] == summary.quarantine_uri
+    # the run ledger (fusion status) names the stage that failed
+    from fusion.core.lake import Lake
+    from fusion.status import recent_runs
+
+    (recorded,) = recent_runs(Lake(str(fusion_home / "lake")))
+    assert recorded.run_id == summary.run_id and recorded.failed_stage == stage and recorded.error == summary.error
     # and the Prefect UI says so beside the run
     assert run_artifacts(summary.run_id) == {
         "flights-failure": f"## The run failed in stage `{stage}`\n\n    {summary.error.removeprefix(f'{stage}: ')}"
