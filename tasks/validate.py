@@ -144,6 +144,14 @@ def run_suites(
     return {t: run_suite(context, dataset, t, frames[t], suites[t]) for t in suites}
 
 
+def validate_tables(
+    frames: dict[str, pl.DataFrame], suites: dict[str, dict[str, Any]], dataset: str, gx_root: Path
+) -> dict[str, SuiteRun]:
+    """Each table's suite run on frames in memory (a notebook's tables), with the GX project under
+    `gx_root`; nothing is written to the lake or quarantined."""
+    return run_suites(_gx_context(gx_root), dataset, frames, suites)
+
+
 def build_report(
     batch: IngestedBatch, runs: dict[str, SuiteRun], policy: str, docs_index: str | None
 ) -> dict[str, Any]:

@@ -175,6 +175,54 @@ def test_fusion_status_lists_the_run_and_the_champion(first_run: RunSummary, on_
     assert table.exit_code == 0 and "champion of flights_delay: v" in table.stderr
 
 
+def test_the_notebook_api_runs_the_pipelines_own_steps(first_run: RunSummary, on_sample: Path) -> None:
+    """fusion.project: the run's batch read back, validated, its feature table rebuilt identically, a
+    changed spec and model trained on the same split, compared with the champion, logged and predicted."""
+    from fusion.project import Project
+
+    project = Project.open("configs/flights.yaml")
+    assert project.settings.resolved_home == on_sample.resolve()
+    assert first_run.batch_id in project.batches()
+    tables = project.tables(first_run.batch_id)
+    assert tables["flights"].height == first_run.rows_ingested
+
+    report = project.validate(tables)
+    assert report.height > 10 and report["success"].all()
+
+    (written,) = (on_sample / "lake" / "features" / "flights" / first_run.batch_id).glob("features-*.parquet")
+    frame = project.features(tables)
+    assert frame.equals(pl.read_parquet(written))  # the run's own feature table, not a second implementation
+
+    rolling = [r.model_dump() for r in project.dataset.features.rolling]
+    rolling.append(
+        {
+            "name": "origin_dep_delay_1d",
+            "by": ["origin"],
+            "value": "dep_delay",
+            "known_at": "dep_known_at",
+            "windows_minutes": [1440],
+            "aggs": ["mean"],
+        }
+    )
+    wider = project.features(tables, rolling=rolling)
+    assert "origin_dep_delay_1d_mean_1440m" in wider.columns and wider.height == frame.height
+
+    experiment = project.train(wider, features={"rolling": rolling}, model={"num_boost_round": 60})
+    assert "origin_dep_delay_1d_mean_1440m" in experiment.trained.model.features
+    assert experiment.parts.record["digest"] == project.split(frame).record["digest"]  # the same split
+    compared = project.compare(experiment)
+    assert compared["model"].to_list()[:2] == ["experiment", "baseline"] and compared["test_auc"].null_count() == 0
+    assert compared["test_auc"][0] == pytest.approx(experiment.test_auc)
+
+    run_id = project.log(experiment, "notebook: 1-day origin window")
+    assert run_id in project.runs()["run_id"].to_list()
+    champion = project.champion()
+    assert champion is not None
+    predicted = project.predict(frame.head(50))
+    assert predicted.shape == (50,) and ((predicted > 0) & (predicted < 1)).all()
+    assert project.predict(frame.head(50), model=champion["version"]) == pytest.approx(predicted)
+
+
 def test_second_run_hits_the_cache_and_reuses_the_version(first_run: RunSummary, on_sample: Path) -> None:
     versions_before = version_numbers(on_sample, "flights_delay")
     summary = run()
