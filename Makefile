@@ -11,7 +11,7 @@ FUSION_HOME ?= .fusion
 export FUSION_HOME
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: help setup run run-example run-examples serve up down deploy status test test-fast lint typecheck rust-check bench bench-events bench-features bench-serving mlflow-ui docs clean
+.PHONY: help setup run run-example run-examples serve up down deploy status notebooks lab test test-fast lint typecheck rust-check bench bench-events bench-features bench-serving mlflow-ui docs clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -56,13 +56,20 @@ down: ## stop the services `make up` started (by recorded PID)
 deploy: setup ## register prefect.yaml's deployments on the local Prefect server (after make up)
 	FUSION_PROJECT_DIR=$(CURDIR) PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(VENV)/bin/prefect --no-prompt deploy --all
 
-status: ## which local services are running
-	infra/local/services.sh status
+status: setup ## fusion status: recent runs and their stages, champions, serving, which local services are up
+	$(VENV)/bin/fusion status
 
-lint: setup ## ruff lint and format check; import-linter: the layer contract in pyproject.toml
+notebooks: setup ## run notebooks/ top to bottom in fresh kernels (each in a temporary FUSION_HOME)
+	$(PY) -m tests.notebooks run
+
+lab: setup ## JupyterLab on the project's environment, in notebooks/
+	$(UV) run --frozen --with jupyterlab jupyter lab --notebook-dir=notebooks
+
+lint: setup ## ruff lint and format check; import-linter: the layer contract in pyproject.toml; notebooks without outputs
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(PY) -m tests.notebooks check
 
 typecheck: setup ## mypy over the packages
 	$(VENV)/bin/mypy fusion tasks flows serving benchmarks

@@ -114,7 +114,9 @@ def run_pipeline(
     settings = with_overrides(settings, overrides, source_uri)
     pipeline = training_pipeline.with_options(task_runner=task_runner_for(settings))  # type: ignore[arg-type]
     state = pipeline(traceparent=traceparent, settings=settings, return_state=True)
-    outcome = state.result(raise_on_failure=False)
+    # _sync: in a process with a running event loop (a Jupyter kernel) Prefect would otherwise hand back
+    # a coroutine; this function is synchronous wherever it is called from
+    outcome = state.result(raise_on_failure=False, _sync=True)  # type: ignore[call-overload]
     if isinstance(outcome, BaseException):
         raise outcome
     if not isinstance(outcome, RunSummary):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -64,43 +65,37 @@ def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[Cali
     ]
 
 
-def _png(fig: object) -> bytes:
+def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")  # type: ignore[attr-defined]
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     return buf.getvalue()
 
 
 def plot_roc(y: np.ndarray, curves: dict[str, np.ndarray]) -> bytes:
-    import matplotlib
+    # A Figure of its own, not pyplot: no global backend switch (a notebook's inline plots keep working)
+    # and no shared state between the threads of a Dask worker.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     for label, p in curves.items():
         fpr, tpr, _ = roc_curve(y, p)
         ax.plot(fpr, tpr, label=f"{label} (AUC {roc_auc_score(y, p):.3f})")
     ax.plot([0, 1], [0, 1], "k:", lw=1)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, test split")
     ax.legend(loc="lower right")
-    payload = _png(fig)
-    plt.close(fig)
-    return payload
+    return _png(fig)
 
 
 def plot_importance(names: list[str], gains: np.ndarray, top: int = 20) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     order = np.argsort(gains)[::-1][:top][::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.3 * len(order) + 1))
+    fig = Figure(figsize=(6, 0.3 * len(order) + 1))
+    ax = fig.subplots()
     ax.barh([names[i] for i in order], gains[order])
     ax.set(xlabel="total gain", title="feature importance (LightGBM gain)")
-    payload = _png(fig)
-    plt.close(fig)
-    return payload
+    return _png(fig)
 
 
 def evaluate_model(
