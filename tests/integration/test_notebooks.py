@@ -26,6 +26,7 @@ def test_notebooks_are_committed_without_outputs() -> None:
     assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == [
         "01_explore_data.ipynb",
         "02_features_and_models.ipynb",
+        "03_serving.ipynb",
     ]
     assert all(with_outputs(p) == [] for p in NOTEBOOKS.glob("*.ipynb"))
 
