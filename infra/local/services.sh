@@ -287,5 +287,6 @@ case $command in
     status) status "${services[@]}" ;;
     env) environment ;;
     tools) command -v kcat >/dev/null || apt_install kcat ;;  # clients the tests use
-    *) die "usage: $0 up|down|status|env|tools [${ALL[*]}]" ;;
+    browser) { command -v chromium && command -v chromedriver; } >/dev/null || apt_install chromium chromium-driver ;;  # the UI tests' headless Chromium
+    *) die "usage: $0 up|down|status|env|tools|browser [${ALL[*]}]" ;;
 esac

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,6 +48,13 @@ def mlflow_server() -> Iterator[str]:
     next(service)
     yield f"http://127.0.0.1:{os.environ.get('FUSION_MLFLOW_PORT', '5000')}"
     next(service, None)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    from tests.services.browser import chromium
+
+    yield from chromium()
 
 
 @pytest.fixture(scope="session")

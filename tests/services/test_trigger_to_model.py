@@ -8,12 +8,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from fusion.core.events import CloudEvent
 from tests.conftest import _service
+from tests.services.browser import page_shows
 from tests.services.support import (
     STAGES,
     TriggerProcess,
@@ -38,7 +40,7 @@ def worker(prefect_api: str) -> Iterator[None]:
 
 
 def test_request_becomes_a_completed_run_whose_events_share_its_trace(
-    kafka_bootstrap: str, prefect_api: str, mlflow_server: str, worker: None, tmp_path: Path
+    kafka_bootstrap: str, prefect_api: str, mlflow_server: str, worker: None, browser: Any, tmp_path: Path
 ) -> None:
     from tests.datasets.card_transactions import write
 
@@ -88,8 +90,37 @@ def test_request_becomes_a_completed_run_whose_events_share_its_trace(
         assert len(runs_for(prefect_api, event_id)) == 1
         assert not (tmp_path / "home" / "mlflow.db").exists()  # registered on the server, not a local store
         assert_champion_serves_from(mlflow_server, model_name)
+        assert_the_uis_tell_it(browser, prefect_api.removesuffix("/api"), run["id"], mlflow_server, model_name)
     finally:
         assert trigger.stop() == 0
+
+
+def assert_the_uis_tell_it(browser: Any, prefect: str, run_id: str, mlflow: str, model_name: str) -> None:
+    """In a real browser: the Prefect UI lists the deployments and shows the completed run with its
+    artifacts; the MLflow UI shows the registered model's champion alias."""
+    page_shows(browser, f"{prefect}/deployments", ["triggered", "scheduled"], "prefect-deployments")
+    page_shows(browser, f"{prefect}/runs/flow-run/{run_id}", ["Completed", "dataset:card_transactions"], "prefect-run")
+    page_shows(
+        browser,
+        f"{prefect}/artifacts",
+        ["card-transactions-validation", "card-transactions-metrics", "card-transactions-gate"],
+        "prefect-artifacts",
+    )
+    found = httpx.post(
+        f"{prefect}/api/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}, timeout=10
+    ).json()
+    ids = {a["key"]: a["id"] for a in found if a["key"]}
+    page_shows(browser, f"{prefect}/artifacts/artifact/{ids['card-transactions-gate']}", ["Reason:"], "prefect-gate")
+    page_shows(
+        browser,
+        f"{prefect}/artifacts/artifact/{ids['card-transactions-validation']}",
+        ["expectations met", "expect_column_values_to_not_be_null"],
+        "prefect-validation",
+    )
+    page_shows(
+        browser, f"{prefect}/artifacts/artifact/{ids['card-transactions-metrics']}", ["test ROC AUC"], "prefect-metrics"
+    )
+    page_shows(browser, f"{mlflow}/#/models/{model_name}", [model_name, "champion"], "mlflow-model")
 
 
 def assert_champion_serves_from(tracking_uri: str, name: str) -> None:
