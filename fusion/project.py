@@ -169,16 +169,15 @@ class Project:
     def compare(self, experiment: Experiment) -> pl.DataFrame:
         """The experiment's test metrics beside its baseline and the current champion, the champion
         re-scored on the experiment's own test split (as the gate does)."""
-        from tasks.register import score_on
+        from tasks.register import load_registered, score_on
 
         e = experiment.evaluation
         target = experiment.dataset.target.name
         champion = self.champion()
         champion_auc = None
         if champion is not None:
-            champion_auc = score_on(
-                f"models:/{self.dataset.model.registered_name}@champion", experiment.parts.test, target
-            )
+            model = load_registered(self.settings.resolved_mlflow_uri, self.dataset.model.registered_name, "champion")
+            champion_auc = score_on(model, experiment.parts.test, target)
         return pl.DataFrame(
             {
                 "model": ["experiment", "baseline", f"champion v{champion['version']}" if champion else "champion"],
@@ -235,14 +234,18 @@ class Project:
         return info if info["version"] is not None else None
 
     def predict(self, frame: pl.DataFrame, model: str = "champion") -> np.ndarray:
-        """Probabilities of a registered model on feature rows: `champion` (an alias), a version number,
-        or `runs:/<run id>/model`."""
+        """Probabilities of a registered model on feature rows: `model` is an alias (`champion`), a
+        version number, or `runs:/<run id>/model`."""
         import mlflow.pyfunc
 
-        mlflow.set_tracking_uri(self.settings.resolved_mlflow_uri)
-        name = self.dataset.model.registered_name
-        uri = model if "/" in model else (f"models:/{name}/{model}" if model.isdigit() else f"models:/{name}@{model}")
-        loaded = mlflow.pyfunc.load_model(uri)
+        from tasks.register import load_registered
+
+        uri = self.settings.resolved_mlflow_uri
+        if model.startswith("runs:/"):
+            mlflow.set_tracking_uri(uri)  # runs:/ URIs resolve against the tracking URI
+            loaded = mlflow.pyfunc.load_model(model)
+        else:
+            loaded = load_registered(uri, self.dataset.model.registered_name, model)
         columns = [c.name for c in loaded.metadata.get_input_schema().inputs]
         return np.asarray(loaded.predict(frame.select(columns).to_pandas()))
 

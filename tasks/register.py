@@ -208,12 +208,21 @@ def champion_version(client: Any, name: str) -> Any | None:
         return None
 
 
-def score_on(model_uri: str, test: pl.DataFrame, target: str) -> float:
-    """AUC of a registered model on our test split, using its own pyfunc predict."""
+def load_registered(tracking_uri: str, name: str, version: str) -> Any:
+    """A registered version's pyfunc (`version`: a number, or an alias such as `champion`), resolved in
+    the registry at `tracking_uri` by a client of its own: `models:/` URIs would resolve against
+    MLflow's process-wide registry URI, which the last caller anywhere in the process set."""
     import mlflow.pyfunc
+
+    client = _client(tracking_uri)
+    number = version if version.isdigit() else str(client.get_model_version_by_alias(name, version).version)
+    return mlflow.pyfunc.load_model(client.get_model_version_download_uri(name, number))
+
+
+def score_on(model: Any, test: pl.DataFrame, target: str) -> float:
+    """AUC of a registered model's pyfunc (`load_registered`) on our test split, by its own predict."""
     from sklearn.metrics import roc_auc_score
 
-    model = mlflow.pyfunc.load_model(model_uri)
     columns = [c.name for c in model.metadata.get_input_schema().inputs]
     predicted = np.asarray(model.predict(test.select(columns).to_pandas()))
     return float(roc_auc_score(test.get_column(target).to_numpy(), predicted))
@@ -273,7 +282,7 @@ def promote_if_better(
         champion_auc = None
         if champion is not None:
             try:
-                champion_auc = score_on(f"models:/{name}/{champion.version}", test, target)
+                champion_auc = score_on(load_registered(tracking_uri, name, str(champion.version)), test, target)
             except Exception as exc:  # champion built on other features: fall back to its logged score
                 logged = champion.tags.get("fusion.test_auc")
                 if logged is None:

@@ -145,9 +145,8 @@ def assert_served_like_registered(home: Path, dataset: DatasetConfig, source_csv
     feature-table rows of the same visits."""
     import asyncio
 
-    import mlflow.pyfunc
-
     from serving.model_server import ModelCore
+    from tasks.register import load_registered
 
     with source_csv.open() as f:
         records = [row for _, row in zip(range(25), csv.DictReader(f), strict=False)]
@@ -167,12 +166,11 @@ def assert_served_like_registered(home: Path, dataset: DatasetConfig, source_csv
         await core.reload_now()
         return (await core.predict_records(records))["predictions"]
 
-    model = mlflow.pyfunc.load_model(f"models:/{dataset.model.registered_name}@champion")
+    model = load_registered(uri, dataset.model.registered_name, "champion")
     columns = [c.name for c in model.metadata.get_input_schema().inputs]
     ids = [int(r["visit_id"]) for r in records]
     rows = table.filter(pl.col("visit_id").is_in(ids)).sort(pl.col("visit_id").replace_strict(ids, range(len(ids))))
     assert rows.height == len(records) and rows["patient_birth_year"].null_count() == 0
-    mlflow.set_tracking_uri(uri)
     expected = model.predict(rows.select(columns).to_pandas())
     assert asyncio.run(served()) == pytest.approx(list(expected), rel=1e-9)
 

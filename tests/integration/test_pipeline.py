@@ -95,17 +95,16 @@ def test_sample_run_end_to_end(first_run: RunSummary, on_sample: Path, sample_so
 
     # The registered champion is the model that was evaluated: its own predict gives the same AUC.
     # (By this run's version and feature file: other tests may add versions and feature files later.)
-    import mlflow.pyfunc
     from sklearn.metrics import roc_auc_score
 
     from fusion.core.settings import load_settings
+    from tasks.register import load_registered
     from tasks.train import split_frames
 
     settings = load_settings("configs/flights.yaml")
-    mlflow.set_tracking_uri(settings.resolved_mlflow_uri)
     champion = mlflow_client(on_sample).get_model_version_by_alias("flights_delay", "champion")
     assert str(champion.version) == summary.model_version
-    model = mlflow.pyfunc.load_model(f"models:/flights_delay/{summary.model_version}")
+    model = load_registered(settings.resolved_mlflow_uri, "flights_delay", summary.model_version)
     features_path = Path(events[STAGE_EVENTS.index("fusion.features.ready")].data["uri"])
     assert summary.batch_id
     batch_dir = on_sample / "lake" / "features" / "flights" / summary.batch_id
