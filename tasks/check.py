@@ -215,6 +215,7 @@ def check_settings(settings: Settings, files: bool = True) -> list[Problem]:
         *_column_problems(dataset, columns),
         *_join_problems(dataset),
         *_name_problems(dataset),
+        *_split_problems(dataset, columns),
         *_suite_problems(settings),
         *(_source_problems(dataset) if files else []),
     ]
@@ -427,6 +428,21 @@ def _name_problems(dataset: DatasetConfig) -> list[Problem]:
     if target in kept:
         problems.append(Problem("dataset.target.name", f"{target!r} is also an id or event-time column kept beside it"))
     return problems
+
+
+def _split_problems(dataset: DatasetConfig, columns: Columns) -> list[Problem]:
+    """A group split reads its `group_by` columns from the feature table: each must be kept there (an id
+    column, the event time or a feature). Unknown columns are reported once, as unknown."""
+    spec = dataset.features
+    in_table = {*spec.id_columns, *([spec.event_time] if spec.event_time else []), *feature_names(spec)}
+    return [
+        Problem(
+            f"dataset.split.group_by[{i}]",
+            f"column {c!r} is not in the feature table the split reads: add it to dataset.features.id_columns",
+        )
+        for i, c in enumerate(dataset.split.group_by)
+        if c in columns and c not in in_table
+    ]
 
 
 def _suite_problems(settings: Settings) -> list[Problem]:

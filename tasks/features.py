@@ -32,7 +32,6 @@ class FeatureSet:
     feature_columns: list[str]
     categorical_columns: list[str]
     target: str
-    event_time: str | None
     spec_version: int
 
 

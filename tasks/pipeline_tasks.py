@@ -133,7 +133,6 @@ def build_feature_table(batch: ValidatedBatch, dataset: DatasetConfig, lake: Lak
         feature_columns=names,
         categorical_columns=feature_code.categorical_names(frame, names),
         target=dataset.target.name,
-        event_time=spec.event_time,
         spec_version=spec.version,
     )
 

@@ -9,6 +9,7 @@ in git (`make lint`).
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,7 +87,8 @@ def served_champion() -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
     settings = load_settings(NOTEBOOKS.parent / "configs" / "flights.yaml")
-    settings = with_overrides(settings, {"redis_url": "redis://127.0.0.1:6379/0", "serving": {"port": port}})
+    redis_url = f"redis://127.0.0.1:{os.environ.get('FUSION_REDIS_PORT', '6379')}/0"  # services.sh's port
+    settings = with_overrides(settings, {"redis_url": redis_url, "serving": {"port": port}})
     prepare_environment(settings)
     try:
         run_pipeline(settings)

@@ -287,6 +287,15 @@ CASES = [
         id="unknown-group-by",
     ),
     pytest.param(
+        # channel is a feature, so in the feature table; account is a primary column the table drops
+        [put("dataset.split", {"method": "group", "group_by": ["channel", "account"]})],
+        [
+            "dataset.split.group_by[1]: column 'account' is not in the feature table the split reads:"
+            " add it to dataset.features.id_columns"
+        ],
+        id="group-by-not-kept",
+    ),
+    pytest.param(
         [put("dataset.features.asof.0.table", "rate")],
         ["dataset.features.asof[0].table: unknown table 'rate'; did you mean 'rates'?"],
         id="unknown-asof-table",
