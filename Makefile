@@ -27,7 +27,12 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock $(RUST_SOURCES)
 	$(UV) sync --frozen --python 3.11
 	@touch $@
 
-setup: $(VENV)/.synced ## install uv and the locked environment (idempotent)
+DATA_DOCS_ASSETS := $(TOOLS)/datadocs/.complete
+
+$(DATA_DOCS_ASSETS): $(VENV)/.synced tasks/data_docs.py
+	$(PY) -m tasks.data_docs fetch $(TOOLS)/datadocs
+
+setup: $(VENV)/.synced $(DATA_DOCS_ASSETS) ## install uv, the locked environment and GX Data Docs' CSS/JS (idempotent)
 
 run: setup ## run the training pipeline on the default config (2013 NYC flights)
 	$(VENV)/bin/fusion run

@@ -8,15 +8,18 @@ quarantine instead, as long as they are few enough.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import polars as pl
 
 from fusion.core.errors import ConfigError, ValidationFailed
 from fusion.core.lake import Lake
 from fusion.core.settings import Settings, ValidationConfig
+from tasks.data_docs import localize
 from tasks.ingest import IngestedBatch
 
 
@@ -140,8 +143,20 @@ def describe_failures(outcomes: list[ExpectationOutcome]) -> str:
 def run_suites(
     context: Any, dataset: str, frames: dict[str, pl.DataFrame], suites: dict[str, dict[str, Any]]
 ) -> dict[str, SuiteRun]:
-    """Run each table's suite; a table without a suite is not validated."""
-    return {t: run_suite(context, dataset, t, frames[t], suites[t]) for t in suites}
+    """Run each table's suite; a table without a suite is not validated. The Data Docs pages written
+    load their CSS/JS from copies in the site, not from CDNs (tasks.data_docs)."""
+    started = time.time() - 1  # file times are as fine as the clock, but a second's slack costs nothing
+    runs = {t: run_suite(context, dataset, t, frames[t], suites[t]) for t in suites}
+    index = docs_index(context)
+    if index is not None:
+        localize(Path(unquote(urlparse(index).path)).parent, since=started)
+    return runs
+
+
+def docs_index(context: Any) -> str | None:
+    """The local Data Docs site's index page (a file:// URL), if the project has one."""
+    sites = context.get_docs_sites_urls()
+    return sites[0]["site_url"] if sites else None
 
 
 def validate_tables(
@@ -233,9 +248,8 @@ def validate_batch(
     context = _gx_context(gx_root)
     frames = {t: lake.read_parquet(p) for t, p in batch.tables.items()}
     runs = run_suites(context, batch.dataset, frames, suites)
-    docs = context.get_docs_sites_urls()
-    docs_index = docs[0]["site_url"] if docs else None
-    report = build_report(batch, runs, config.on_invalid_rows, docs_index)
+    index = docs_index(context)
+    report = build_report(batch, runs, config.on_invalid_rows, index)
     report_uri = lake.path("validation", batch.dataset, batch.batch_id, "report.json")
     quarantine = lake.path("quarantine", batch.dataset, batch.batch_id)
 
@@ -256,7 +270,7 @@ def validate_batch(
         rows_in=batch.rows[primary],
         rows_rejected=dropped[primary].height if primary in dropped else 0,
         report_uri=report_uri,
-        docs_index=docs_index,
+        docs_index=index,
         outcomes=outcomes,
         rejected_by_table={t: dropped[t].height if t in dropped else 0 for t in runs},
     )

@@ -52,7 +52,7 @@ def mlflow_server() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
-    from tests.services.browser import chromium
+    from tests.browser import chromium
 
     yield from chromium()
 

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from fusion.core.events import CloudEvent
+from tests.browser import page_shows
 from tests.conftest import _service
-from tests.services.browser import page_shows
 from tests.services.support import (
     STAGES,
     TriggerProcess,

@@ -1,5 +1,5 @@
 """Headless Chromium (Debian's, installed by infra/local/services.sh browser) driven by Selenium: what a
-data engineer sees in the Prefect and MLflow UIs, checked by the text the pages render."""
+data engineer sees in the Prefect and MLflow UIs and in GX's Data Docs, checked in the rendered pages."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from tests.conftest import SERVICES
 SCREENSHOTS = os.environ.get("FUSION_SCREENSHOTS")
 
 
-def chromium() -> Iterator[Any]:
+def chromium(offline: bool = False) -> Iterator[Any]:
+    """A headless Chromium; `offline`: no host name resolves, so nothing but file:// and IP addresses
+    load (what a machine without internet access sees), and the console log is kept."""
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -26,6 +28,9 @@ def chromium() -> Iterator[Any]:
     options.binary_location = "/usr/bin/chromium"
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1440,1000"):
         options.add_argument(argument)
+    if offline:
+        options.add_argument("--host-resolver-rules=MAP * ~NOTFOUND")
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     try:
         yield driver
