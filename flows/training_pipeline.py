@@ -21,6 +21,7 @@ from fusion.core.settings import DEFAULT_CONFIG, DaskConfig, Settings, WorkerEnv
 from fusion.core.summary import RunSummary
 from tasks import pipeline_tasks as stages
 from tasks.check import checked_suites
+from tasks.families import worker_resources
 from tasks.pipeline_run import PipelineRun
 
 __all__ = ["RunFailed", "run_pipeline", "task_runner_for", "training_pipeline"]
@@ -50,6 +51,8 @@ def dask_runner(address: str | None, local: DaskConfig) -> DaskTaskRunner:
             "threads_per_worker": local.threads_per_worker,
             "processes": local.processes,
             "dashboard_address": ":0",  # None still binds 8787
+            # GPU=<CUDA devices seen here>: torch training asks for GPU=1 (tasks/families.py)
+            **({"resources": resources} if (resources := worker_resources()) else {}),
         },
     )
 
@@ -84,6 +87,7 @@ def training_pipeline(
         features = run.stage("features", stages.build_feature_table, valid, dataset, lake)
         run.featured(features)
         trained = run.stage("train", stages.train, features, dataset, lake, settings.pipeline.dask.threads_per_worker)
+        run.trained(trained)
         evaluation = run.stage("evaluate", stages.evaluate, trained, features, dataset, lake)
         run.evaluated(evaluation)
         report = {"validation_report.json": valid.report_uri}

@@ -264,6 +264,23 @@ def show_status(state: dict[str, Any]) -> None:
         err.print("local services (green: running): " + " ".join(shown))
 
 
+def family_line(summary: RunSummary) -> str:
+    """`torch on cpu (model.device auto: no Dask worker offers GPU, …)`, and for `model.family: best`
+    which family won on the valid split and by how much."""
+    line = f"{summary.model_family or '-'} on {summary.device or '-'}"
+    if summary.device_reason and summary.model_family == "torch":
+        line += f" ({summary.device_reason})"
+    aucs = summary.family_valid_auc
+    if len(aucs) > 1 and summary.model_family in aucs:
+        runner_up = max(a for f, a in aucs.items() if f != summary.model_family)
+        line += (
+            f"; best on valid AUC by {aucs[summary.model_family] - runner_up:.4f} ("
+            + ", ".join(f"{f} {a:.4f}" for f, a in aucs.items())
+            + ")"
+        )
+    return line
+
+
 def show_summary(summary: RunSummary, mlflow_uri: str) -> None:
     table = Table(title=f"run {summary.run_id}", show_header=False, title_justify="left")
     m = summary.metrics
@@ -274,6 +291,7 @@ def show_summary(summary: RunSummary, mlflow_uri: str) -> None:
         ("test AUC", f"{m.test_auc:.4f}  (baseline {m.baseline_auc:.4f})"),
         ("test PR AUC / log loss", f"{m.test_pr_auc:.4f} / {m.test_logloss:.4f}"),
         ("model", f"{summary.model_name} v{summary.model_version}  aliases: {', '.join(summary.aliases) or '-'}"),
+        ("family / device", family_line(summary)),
         ("champion", ("promoted: " if summary.promoted else "not promoted: ") + (summary.gate_reason or "")),
         ("stages cached", ", ".join(s.stage for s in summary.stages if s.cached) or "none"),
         ("duration", f"{summary.duration_s:.1f} s"),

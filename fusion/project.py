@@ -18,7 +18,6 @@ A full run is `project.run()`.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,9 @@ from fusion.core.summary import RunSummary
 from fusion.status import recent_runs
 from tasks import features as feature_code
 from tasks.evaluate import Evaluation, evaluate_model
+from tasks.families import train_in_process
 from tasks.ingest import enforce_schema, parse_table, read_source_bytes
-from tasks.train import SplitFrames, TrainedModel, split_frames, train_lightgbm
+from tasks.train import SplitFrames, TrainedModel, split_frames
 from tasks.validate import load_suites, validate_tables
 
 
@@ -151,15 +151,9 @@ class Project:
         names = [c for c in feature_code.feature_names(dataset.features) if c in frame.columns]
         categorical = feature_code.categorical_names(frame, names)
         parts = self.split(frame, dataset)
-        trained = train_lightgbm(
-            parts,
-            names,
-            categorical,
-            dataset.target.name,
-            dataset.model,
-            self.settings.pipeline.dask.threads_per_worker,
-        )
-        digest = hashlib.sha256(trained.model.booster_text.encode()).hexdigest()[:12]
+        threads = self.settings.pipeline.dask.threads_per_worker
+        trained = train_in_process(parts, names, categorical, dataset.target.name, dataset, threads)
+        digest = trained.model.digest()[:12]
         report_dir = self.lake.path("notebooks", dataset.name, digest)
         evaluation = evaluate_model(
             trained, parts, categorical, dataset.target.name, dataset.model.baseline, self.lake, report_dir

@@ -6,9 +6,10 @@ positive class comes out, so a caller never re-implements the encoding.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 import lightgbm as lgb
 import numpy as np
@@ -52,6 +53,20 @@ class CategoryVocabulary:
         return {col: {c: i for i, c in enumerate(cats)} for col, cats in self.categories.items()}
 
 
+class Classifier(Protocol):
+    """What the pipeline needs of a registered model, whatever its family."""
+
+    family: str
+    features: list[str]
+    vocab: CategoryVocabulary
+
+    def predict_frame(self, frame: pl.DataFrame) -> np.ndarray: ...
+
+    def digest(self) -> str: ...
+
+    def importance(self) -> np.ndarray | None: ...
+
+
 SMALL_FRAME = 64  # rows; below this the per-call cost of Polars expressions dominates
 
 
@@ -78,6 +93,8 @@ def to_matrix(frame: pl.DataFrame, features: list[str], vocab: CategoryVocabular
 class TabularClassifier(PythonModel):  # type: ignore[misc]
     """MLflow pyfunc model: DataFrame of raw features -> probability of the positive class."""
 
+    family = "lightgbm"
+
     def __init__(self, booster_text: str, features: list[str], vocab: CategoryVocabulary) -> None:
         self.booster_text = booster_text
         self.features = features
@@ -92,6 +109,14 @@ class TabularClassifier(PythonModel):  # type: ignore[misc]
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_booster": None}
+
+    def digest(self) -> str:
+        """A hash of what the model computes (the booster's text holds the features and their encoding)."""
+        return hashlib.sha256(self.booster_text.encode()).hexdigest()
+
+    def importance(self) -> np.ndarray | None:
+        """Total gain per feature."""
+        return np.asarray(self.booster.feature_importance(importance_type="gain"))
 
     def predict_frame(self, frame: pl.DataFrame) -> np.ndarray:
         missing = [c for c in self.features if c not in frame.columns]

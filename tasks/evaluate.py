@@ -14,6 +14,8 @@ from sklearn.metrics import average_precision_score, log_loss, roc_auc_score, ro
 from fusion.core.lake import Lake
 from tasks.train import SplitFrames, TrainedModel, fit_baseline
 
+FAMILY_LABELS = {"lightgbm": "LightGBM", "torch": "torch MLP"}
+
 
 @dataclass(frozen=True)
 class CalibrationBin:
@@ -113,16 +115,18 @@ def evaluate_model(
     _, baseline = fit_baseline(parts, model.features, categorical, target, baseline_kind)
     baseline = np.clip(baseline, 1e-7, 1 - 1e-7)
     calibration = calibration_table(y, p)
-    gains = model.booster.feature_importance(importance_type="gain")
+    gains = model.importance()
     artifacts = {
         "roc.png": lake.write_bytes(
-            plot_roc(y, {"LightGBM": p, f"baseline ({baseline_kind})": baseline}), f"{report_dir}/roc.png"
-        ),
-        "feature_importance.png": lake.write_bytes(
-            plot_importance(model.features, gains), f"{report_dir}/feature_importance.png"
+            plot_roc(y, {FAMILY_LABELS.get(model.family, model.family): p, f"baseline ({baseline_kind})": baseline}),
+            f"{report_dir}/roc.png",
         ),
         "calibration.json": lake.write_json([c.__dict__ for c in calibration], f"{report_dir}/calibration.json"),
     }
+    if gains is not None:  # the torch MLP has no per-feature gain
+        artifacts["feature_importance.png"] = lake.write_bytes(
+            plot_importance(model.features, gains), f"{report_dir}/feature_importance.png"
+        )
     return Evaluation(
         test_auc=float(roc_auc_score(y, p)),
         test_pr_auc=float(average_precision_score(y, p)),

@@ -26,6 +26,7 @@ from tasks.ingest import IngestedBatch
 from tasks.online_store import Materialized
 from tasks.register import GateDecision, Registration
 from tasks.run_story import Artifact, failure_story, gate_story, metrics_story, mlflow_links, validation_story
+from tasks.train import TrainedModel
 from tasks.validate import ValidatedBatch
 
 progress = logging.getLogger("fusion.progress")
@@ -145,6 +146,11 @@ class PipelineRun:
             "features": len(features.feature_columns),
         }
         self.announce("fusion.features.ready", data)
+
+    def trained(self, trained: TrainedModel) -> None:
+        self.summary.model_family, self.summary.device = trained.family, trained.device
+        self.summary.device_reason = trained.device_reason or None
+        self.summary.family_valid_auc = dict(trained.candidates)
 
     def evaluated(self, evaluation: Evaluation) -> None:
         metrics = {k: v for k, v in evaluation.metrics().items() if k in RunMetrics.model_fields}

@@ -23,18 +23,12 @@ from fusion.core.lake import Lake
 from fusion.core.settings import DatasetConfig, SourceConfig, ValidationConfig
 from tasks import features as feature_code
 from tasks.evaluate import Evaluation, evaluate_model
+from tasks.families import train_family
 from tasks.ingest import IngestedBatch, ingest_tables, source_fingerprint
 from tasks.online import online_state
 from tasks.online_store import Materialized, load_into_redis, manifest_path, redis_client, write_snapshot
 from tasks.register import GateDecision, Registration, promote_if_better, register_model
-from tasks.train import (
-    SplitFrames,
-    TrainedModel,
-    dask_client_with_workers,
-    split_frames,
-    train_lightgbm,
-    train_lightgbm_dask,
-)
+from tasks.train import SplitFrames, TrainedModel, dask_client_with_workers, split_frames
 from tasks.validate import ValidatedBatch, validate_batch
 
 
@@ -144,12 +138,16 @@ def load_split(features: feature_code.FeatureSet, dataset: DatasetConfig, lake: 
 
 @task(name="train", cache_policy=STAGE_CACHE, persist_result=True, retry_condition_fn=retry_unless_bad_data)
 def train(features: feature_code.FeatureSet, dataset: DatasetConfig, lake: Lake, threads: int) -> TrainedModel:
-    parts = load_split(features, dataset, lake)
     client, workers = dask_client_with_workers()
-    args = (parts, features.feature_columns, features.categorical_columns, features.target, dataset.model)
-    if workers > 1:
-        return train_lightgbm_dask(client, *args)
-    return train_lightgbm(*args, threads=threads)
+    args = (lake, features.path, dataset, features.feature_columns, features.categorical_columns, features.target)
+    if client is None or dataset.model.family == "lightgbm":
+        return train_family(*args, threads, client, workers)
+    from distributed import worker_client
+
+    # torch is Dask work of its own (placed by its resources): this task leaves the worker's thread
+    # pool while it waits, so a one-thread worker can run it
+    with worker_client() as seceded:
+        return train_family(*args, threads, seceded, workers)
 
 
 @task(name="evaluate", cache_policy=STAGE_CACHE, persist_result=True)
@@ -157,7 +155,7 @@ def evaluate(
     trained: TrainedModel, features: feature_code.FeatureSet, dataset: DatasetConfig, lake: Lake
 ) -> Evaluation:
     parts = load_split(features, dataset, lake)
-    model_hash = hashlib.sha256(trained.model.booster_text.encode()).hexdigest()[:12]
+    model_hash = trained.model.digest()[:12]
     report_dir = lake.path("reports", dataset.name, features.batch_id, model_hash)
     return evaluate_model(
         trained, parts, features.categorical_columns, features.target, dataset.model.baseline, lake, report_dir

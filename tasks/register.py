@@ -25,6 +25,12 @@ from tasks.train import TrainedModel
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 PIP_REQUIREMENTS = ["mlflow", "lightgbm", "polars", "pandas", "numpy", "pyarrow"]
+FAMILY_REQUIREMENTS = {"torch": ["torch", "scipy"]}
+
+
+def requirements(family: str) -> list[str]:
+    """What the registered pyfunc needs to load and predict (LightGBM's vocabulary code is shared)."""
+    return PIP_REQUIREMENTS + FAMILY_REQUIREMENTS.get(family, [])
 
 
 @dataclass(frozen=True)
@@ -45,7 +51,7 @@ class GateDecision:
 
 
 def model_fingerprint(trained: TrainedModel, batch_id: str, config_fingerprint: str) -> str:
-    blob = f"{batch_id}|{config_fingerprint}|{trained.model.booster_text}".encode()
+    blob = f"{batch_id}|{config_fingerprint}|{trained.model.digest()}".encode()
     return hashlib.sha256(blob).hexdigest()[:24]
 
 
@@ -87,8 +93,11 @@ def ensure_experiment(client: Any, tracking_uri: str, experiment: str) -> None:
 
 def run_params(trained: TrainedModel, evaluation: Evaluation, dataset: DatasetConfig, batch_id: str) -> dict[str, Any]:
     """The MLflow params of a training run."""
+    prefix = {"lightgbm": "lgbm", "torch": "torch"}.get(trained.family, trained.family)
     return {
-        **{f"lgbm.{k}": v for k, v in trained.params.items()},
+        **{f"{prefix}.{k}": v for k, v in trained.params.items()},
+        "family": trained.family,
+        "device": trained.device,
         "best_iteration": trained.best_iteration,
         "engine": trained.engine,
         "batch_id": batch_id,
@@ -113,8 +122,19 @@ def log_run_record(
     import mlflow
 
     mlflow.log_params(run_params(trained, evaluation, dataset, batch_id))
-    mlflow.log_metrics({**evaluation.metrics(), "fit_seconds": trained.fit_seconds})
-    mlflow.set_tags({"fusion.dataset": dataset.name, "fusion.batch_id": batch_id, "fusion.fingerprint": fingerprint})
+    candidates = {f"valid_auc.{family}": auc for family, auc in trained.candidates.items()}
+    mlflow.log_metrics({**evaluation.metrics(), "fit_seconds": trained.fit_seconds, **candidates})
+    mlflow.set_tags(
+        {
+            "fusion.dataset": dataset.name,
+            "fusion.batch_id": batch_id,
+            "fusion.fingerprint": fingerprint,
+            "fusion.family": trained.family,
+            "fusion.device": trained.device,
+            **({"fusion.device_reason": trained.device_reason} if trained.device_reason else {}),
+            **({"fusion.worker": trained.worker} if trained.worker else {}),
+        }
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for label, path in {**evaluation.artifacts, **extra_artifacts}.items():
             local = Path(tmp) / label
@@ -134,7 +154,7 @@ def log_registered_pyfunc(trained: TrainedModel, signature: Any, example: Any, n
         signature=signature,
         input_example=example,
         # Explicit requirements: inferring them costs ~14 s (STACK_NOTES).
-        pip_requirements=[f"{p}=={installed_version(p)}" for p in PIP_REQUIREMENTS],
+        pip_requirements=[f"{p}=={installed_version(p)}" for p in requirements(trained.family)],
         registered_model_name=name,
     )
     return str(info.registered_model_version)

@@ -18,7 +18,7 @@ import polars as pl
 from fusion.core.errors import TrainingError
 from fusion.core.settings import DatasetConfig, ModelConfig, SplitConfig
 from tasks import kernels
-from tasks.classifier import CategoryVocabulary, TabularClassifier, to_matrix
+from tasks.classifier import CategoryVocabulary, Classifier, TabularClassifier, to_matrix
 
 
 @dataclass(frozen=True)
@@ -36,14 +36,23 @@ class SplitFrames:
 
 @dataclass(frozen=True)
 class TrainedModel:
-    model: TabularClassifier
-    best_iteration: int
+    model: Classifier
+    best_iteration: int  # boosting rounds, or the torch epoch whose weights were kept
     valid_auc: float
-    engine: str  # "lightgbm" or "lightgbm.dask (N workers)"
+    engine: str  # "lightgbm", "lightgbm.dask (N workers)", "torch (cpu)", "torch (cuda)"
     fit_seconds: float
     split_sizes: dict[str, int]
     params: dict[str, Any]
     split: dict[str, Any] = field(default_factory=dict)  # SplitFrames.record
+    device: str = "cpu"
+    device_reason: str = ""  # why this device (model.device auto without a GPU worker trains on CPU)
+    worker: str | None = None  # the Dask worker that trained it
+    # model.family best: each family's valid AUC, the registered one among them
+    candidates: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def family(self) -> str:
+        return self.model.family
 
 
 TRAIN, VALID, TEST = 0, 1, 2

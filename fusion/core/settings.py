@@ -192,8 +192,33 @@ class SplitConfig(Frozen):
         return self
 
 
+class TorchConfig(Frozen):
+    """The residual MLP of Gorishniy et al. 2021 ("Revisiting Deep Learning Models for Tabular Data")."""
+
+    d_embedding: int = Field(16, ge=1, description="width of each categorical feature's embedding")
+    d_block: int = Field(128, ge=8, description="width of the residual blocks")
+    d_hidden: int = Field(256, ge=8, description="inner width of a block")
+    n_blocks: int = Field(2, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1, description="in each block, after the inner and the outer layer")
+    lr: float = Field(3e-3, gt=0, description="AdamW learning rate, decayed to 0 at max_epochs (cosine)")
+    weight_decay: float = Field(1e-5, ge=0, description="AdamW weight decay")
+    batch_size: int = Field(4096, ge=8)
+    max_epochs: int = Field(4, ge=1)
+    patience: int = Field(2, ge=1, description="epochs without a better valid AUC before stopping")
+    seed: int = Field(0, ge=0, description="weights, batch order and dropout; CPU runs are bit-identical")
+
+
 class ModelConfig(Frozen):
     registered_name: str
+    family: Literal["lightgbm", "torch", "best"] = Field(
+        "lightgbm", description="best: both on the same split; the better valid AUC is registered"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="torch: cuda runs on a Dask worker offering the resource GPU (fails at once if none does);"
+        " auto: such a worker if there is one, else CPU",
+    )
+    torch: TorchConfig = TorchConfig()
     params: dict[str, Any] = Field(default_factory=dict, description="LightGBM parameters")
     num_boost_round: int = Field(1000, gt=0)
     early_stopping_rounds: int = Field(50, gt=0)

@@ -30,6 +30,10 @@ class RunSummary(BaseModel):
     rows_rejected: int | None = None
     validation_success: bool | None = None
     metrics: RunMetrics = Field(default_factory=RunMetrics)
+    model_family: str | None = None  # lightgbm or torch: the registered one
+    device: str | None = None  # what it trained on
+    device_reason: str | None = None  # e.g. model.device auto without a GPU worker: CPU
+    family_valid_auc: dict[str, float] = Field(default_factory=dict)  # model.family best: each family's
     model_name: str | None = None
     model_version: str | None = None
     aliases: list[str] = Field(default_factory=list)

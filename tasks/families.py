@@ -1,0 +1,251 @@
+"""Model families (`model.family: lightgbm | torch | best`) and where torch trains.
+
+Torch training is Dask work of its own: submitted with the resource `{"GPU": 1}` when it needs a GPU,
+so the scheduler places it on a worker that declares one (`dask worker --resources GPU=1`; Fusion's
+LocalCluster declares the CUDA devices it sees). Dask waits forever for a resource no worker has, so
+the cluster is asked first: `model.device: cuda` with no GPU worker fails at once naming the resource,
+and `auto` trains on CPU and says so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, replace
+from typing import Any
+
+from fusion.core.errors import TrainingError
+from fusion.core.lake import Lake
+from fusion.core.settings import DatasetConfig
+from tasks.train import SplitFrames, TrainedModel, split_frames, train_lightgbm, train_lightgbm_dask
+
+GPU = "GPU"  # the Dask resource a worker declares per CUDA device
+
+
+def visible_gpus() -> int:
+    """CUDA devices this process may use, without importing torch (seconds): CUDA_VISIBLE_DEVICES when
+    set, else the GPUs `nvidia-smi -L` lists, else 0."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        devices = [d.strip() for d in listed.split(",") if d.strip()]
+        return 0 if not devices or devices[0].startswith("-") else len(devices)
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return 0
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def worker_resources() -> dict[str, float]:
+    """What a LocalCluster worker declares: GPU=<visible CUDA devices> when there are any."""
+    gpus = visible_gpus()
+    return {GPU: float(gpus)} if gpus else {}
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: str  # what torch trains on: "cpu" or "cuda"
+    resources: dict[str, float] | None  # what the Dask task asks for
+    reason: str
+
+
+def gpu_workers(client: Any) -> dict[str, float]:
+    """Workers that declare the resource GPU, with how many."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    return {
+        address: w.get("resources", {}).get(GPU, 0)
+        for address, w in workers.items()
+        if w.get("resources", {}).get(GPU, 0) >= 1
+    }
+
+
+def place_torch(device: str, client: Any | None) -> Placement:
+    """Where torch trains for `model.device`, given the cluster (None: no Dask, this process)."""
+    if device == "cpu":
+        return Placement("cpu", None, "model.device cpu")
+    if client is None:
+        import torch
+
+        if torch.cuda.is_available():
+            return Placement("cuda", None, "CUDA in this process (no Dask cluster)")
+        if device == "cuda":
+            raise TrainingError("model.device is cuda but there is no Dask cluster and torch sees no CUDA device here")
+        return Placement("cpu", None, "model.device auto: no CUDA device here, trained on CPU")
+    offering = gpu_workers(client)
+    if offering:
+        return Placement("cuda", {GPU: 1}, f"Dask resource {GPU} offered by {len(offering)} worker(s)")
+    if device == "cuda":
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        declared = {a: w.get("resources", {}) for a, w in workers.items()}
+        raise TrainingError(
+            f"model.device is cuda but no Dask worker offers the resource {GPU} ({len(declared)} worker(s), "
+            f"resources {declared}): start a worker with `dask worker <scheduler> --resources {GPU}=1`, "
+            "or set model.device to auto or cpu"
+        )
+    return Placement("cpu", None, f"model.device auto: no Dask worker offers {GPU}, trained on CPU")
+
+
+def train_torch(
+    parts: SplitFrames,
+    features: list[str],
+    categorical: list[str],
+    target: str,
+    dataset: DatasetConfig,
+    device: str,
+    threads: int,
+) -> TrainedModel:
+    from tasks.torch_model import fit_torch
+
+    fit = fit_torch(
+        parts.train,
+        parts.valid,
+        features,
+        categorical,
+        target,
+        dataset.model.torch,
+        dataset.model.min_category_count,
+        device=device,
+        threads=threads,
+    )
+    return TrainedModel(
+        model=fit.model,
+        best_iteration=fit.best_epoch,
+        valid_auc=fit.valid_auc,
+        engine=f"torch ({device})",
+        fit_seconds=fit.fit_seconds,
+        split_sizes=parts.sizes(),
+        params={
+            **dataset.model.torch.model_dump(),
+            "epochs_run": fit.epochs,
+            "rows_per_second": round(fit.rows_per_second),
+        },
+        split=parts.record,
+        device=device,
+    )
+
+
+def train_torch_task(
+    lake: Lake,
+    path: str,
+    dataset: DatasetConfig,
+    features: list[str],
+    categorical: list[str],
+    target: str,
+    device: str,
+    threads: int,
+) -> TrainedModel:
+    """The Dask task: reads the feature table from the lake (no frames through the scheduler), splits it
+    as the flow does and trains; says which worker it ran on."""
+    try:
+        from distributed import get_worker
+
+        worker: str | None = get_worker().address
+    except (ImportError, ValueError):
+        worker = None
+    parts = split_frames(lake.read_parquet(path), dataset)
+    trained = train_torch(parts, features, categorical, target, dataset, device, threads)
+    return replace(trained, worker=worker)
+
+
+def torch_on_cluster(
+    client: Any | None,
+    lake: Lake,
+    path: str,
+    dataset: DatasetConfig,
+    features: list[str],
+    categorical: list[str],
+    target: str,
+    threads: int,
+    run_device: str | None = None,
+) -> Any:
+    """Submit torch training where `model.device` says; returns a future (or, without Dask, the result
+    wrapped so `.result()` works). `run_device` replaces the device torch itself uses, not where the
+    task is placed (the placement tests force cpu on a worker that declares a GPU)."""
+    placement = place_torch(dataset.model.device, client)
+    device = run_device or placement.device
+    args = (lake, path, dataset, features, categorical, target, device, threads)
+    if client is None:
+        return _Done(replace(train_torch_task(*args), device_reason=placement.reason))
+    future = client.submit(train_torch_task, *args, resources=placement.resources, pure=False)
+    return _Placed(future, placement.reason)
+
+
+@dataclass(frozen=True)
+class _Done:
+    value: TrainedModel
+
+    def result(self) -> TrainedModel:
+        return self.value
+
+
+@dataclass(frozen=True)
+class _Placed:
+    future: Any
+    reason: str
+
+    def result(self) -> TrainedModel:
+        trained: TrainedModel = self.future.result()
+        return replace(trained, device_reason=self.reason)
+
+
+def choose_best(gbm: TrainedModel, net: TrainedModel) -> TrainedModel:
+    """The family with the better valid AUC (a tie keeps LightGBM), with both AUCs recorded."""
+    winner = net if net.valid_auc > gbm.valid_auc else gbm
+    return replace(winner, candidates={"lightgbm": gbm.valid_auc, "torch": net.valid_auc})
+
+
+def train_in_process(
+    parts: SplitFrames, features: list[str], categorical: list[str], target: str, dataset: DatasetConfig, threads: int
+) -> TrainedModel:
+    """`model.family` on frames in this process (a notebook): torch on CUDA when `model.device` allows
+    and this process sees a device."""
+    family = dataset.model.family
+    gbm = train_lightgbm(parts, features, categorical, target, dataset.model, threads) if family != "torch" else None
+    if family == "lightgbm":
+        assert gbm is not None
+        return gbm
+    placement = place_torch(dataset.model.device, None)
+    net = replace(
+        train_torch(parts, features, categorical, target, dataset, placement.device, threads),
+        device_reason=placement.reason,
+    )
+    return net if gbm is None else choose_best(gbm, net)
+
+
+def train_family(
+    lake: Lake,
+    path: str,
+    dataset: DatasetConfig,
+    features: list[str],
+    categorical: list[str],
+    target: str,
+    threads: int,
+    client: Any | None,
+    workers: int,
+) -> TrainedModel:
+    """Train `model.family`: LightGBM here (lightgbm.dask with several workers), torch as Dask work placed
+    by `model.device`; `best` trains both on the same split and keeps the better valid AUC (the test
+    split never decides)."""
+    family = dataset.model.family
+    torch_future = (
+        torch_on_cluster(client, lake, path, dataset, features, categorical, target, threads)
+        if family in ("torch", "best")
+        else None
+    )
+    if family == "torch":
+        assert torch_future is not None
+        return torch_future.result()
+    parts = split_frames(lake.read_parquet(path), dataset)
+    args = (parts, features, categorical, target, dataset.model)
+    gbm = (
+        train_lightgbm_dask(client, *args)
+        if client is not None and workers > 1
+        else train_lightgbm(*args, threads=threads)
+    )
+    if torch_future is None:
+        return gbm
+    return choose_best(gbm, torch_future.result())
