@@ -95,5 +95,5 @@ def test_cuda_without_a_device_is_refused_by_name() -> None:
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device")
-    with pytest.raises(TrainingError, match="model.device is cuda but torch sees no CUDA device"):
+    with pytest.raises(TrainingError, match=r"model\.device is cuda but torch sees no CUDA device"):
         fit_torch(table(100, 1), table(100, 2), FEATURES, ["kind"], "target", SMALL, 5, device="cuda")
