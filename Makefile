@@ -11,7 +11,7 @@ FUSION_HOME ?= .fusion
 export FUSION_HOME
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: help setup run run-example run-examples serve up down deploy status notebooks lab test test-fast lint typecheck rust-check bench bench-events bench-features bench-serving mlflow-ui docs clean
+.PHONY: help setup run run-example run-examples serve up down deploy status notebooks lab test test-fast lint typecheck rust-check bench bench-events bench-features bench-models device-check bench-serving mlflow-ui docs clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -98,6 +98,12 @@ bench-events: setup ## Kafka request -> flow run latency (p50/p95/p99) and throu
 
 bench-features: setup ## Rust kernels vs pure-Polars twins vs pandas at 1M/10M rows, whole feature step -> docs/BENCHMARKS.md
 	$(PY) -m benchmarks.features --write docs/BENCHMARKS.md
+
+bench-models: setup ## LightGBM vs torch MLP vs best (and a valid-tuned blend) on flights: test AUC, fit time -> docs/BENCHMARKS.md
+	$(PY) -m benchmarks.models --write docs/BENCHMARKS.md
+
+device-check: setup ## torch on CUDA and on CPU, same epochs: rows/s, test AUC, peak GPU memory (CPU part only without CUDA)
+	$(PY) -m benchmarks.models --device-check --write docs/BENCHMARKS.md
 
 bench-serving: setup ## Fusion (cache miss/hit) vs mlflow models serve vs uvicorn floor, 1/8/32 clients -> docs/BENCHMARKS.md
 	$(PY) -m benchmarks.serving --write docs/BENCHMARKS.md
