@@ -188,7 +188,16 @@ def test_the_notebook_api_runs_the_pipelines_own_steps(first_run: RunSummary, on
     report = project.validate(tables)
     assert report.height > 10 and report["success"].all()
 
-    (written,) = (on_sample / "lake" / "features" / "flights" / first_run.batch_id).glob("features-*.parquet")
+    # the first run's file by name: other tests' runs in this home with other configs write their own
+    spec_version, fingerprint = project.dataset.features.version, project.dataset.fingerprint()
+    written = (
+        on_sample
+        / "lake"
+        / "features"
+        / "flights"
+        / first_run.batch_id
+        / f"features-v{spec_version}-{fingerprint}.parquet"
+    )
     frame = project.features(tables)
     assert frame.equals(pl.read_parquet(written))  # the run's own feature table, not a second implementation
 
