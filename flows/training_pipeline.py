@@ -14,7 +14,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
-from fusion.core.errors import FusionError, RunFailed
+from fusion.core.errors import ConfigError, FusionError, RunFailed
 from fusion.core.events import new_traceparent
 from fusion.core.lake import Lake
 from fusion.core.settings import DEFAULT_CONFIG, DaskConfig, Settings, WorkerEnvironment, load_settings, with_overrides
@@ -28,7 +28,8 @@ __all__ = ["RunFailed", "run_pipeline", "task_runner_for", "training_pipeline"]
 
 
 def task_runner_for(settings: Settings) -> DaskTaskRunner:
-    """An existing cluster when FUSION_DASK_ADDRESS is set, else a LocalCluster sized by settings."""
+    """An existing cluster when FUSION_DASK_ADDRESS is set (or `pipeline.dask.cluster: address`), a
+    DaskCluster on Kubernetes for `kubernetes`, else a LocalCluster sized by settings."""
     return dask_runner(settings.dask_address, settings.pipeline.dask)
 
 
@@ -42,6 +43,13 @@ def deployment_task_runner() -> DaskTaskRunner:
 
 
 def dask_runner(address: str | None, local: DaskConfig) -> DaskTaskRunner:
+    if local.cluster == "kubernetes":
+        return DaskTaskRunner(
+            cluster_class="tasks.kube_cluster.FusionKubeCluster",
+            cluster_kwargs={"config": local.kubernetes.model_dump(mode="json")},
+        )
+    if local.cluster == "address" and not address:
+        raise ConfigError("pipeline.dask.cluster is address but dask_address (FUSION_DASK_ADDRESS) is not set")
     if address:
         return DaskTaskRunner(address=address)
     return DaskTaskRunner(

@@ -271,10 +271,56 @@ class DatasetConfig(Frozen):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+class DaskWorkerGroup(Frozen):
+    """A group of Dask worker pods of one shape."""
+
+    replicas: int = Field(2, ge=0)
+    threads: int = Field(2, ge=1, description="threads per worker (dask worker --nthreads)")
+    cpu: str = Field("2", description="CPU request and limit per worker pod (Kubernetes quantity)")
+    memory: str = Field("8Gi", description="memory request and limit per worker pod; also Dask's memory limit")
+    gpus: int = Field(0, ge=0, description="nvidia.com/gpu per pod; > 0 also declares the Dask resource GPU")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, str]] = Field(default_factory=list, description="Kubernetes tolerations, as is")
+
+
+class KubernetesDaskConfig(Frozen):
+    """`pipeline.dask.cluster: kubernetes`: a DaskCluster of the dask-kubernetes operator, per run."""
+
+    name: str = Field("fusion", pattern=r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$", description="DaskCluster name")
+    namespace: str = "fusion"
+    image: str = Field("fusion:latest", description="infra/image/Dockerfile's image, by tag or digest")
+    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
+    service_account: str | None = None
+    env: dict[str, str] = Field(default_factory=dict, description="plain environment for every pod (no secrets)")
+    env_from_secrets: list[str] = Field(
+        default_factory=list, description="Kubernetes Secrets whose keys become environment variables"
+    )
+    scheduler_cpu: str = "1"
+    scheduler_memory: str = "2Gi"
+    workers: DaskWorkerGroup = DaskWorkerGroup()
+    gpu_workers: DaskWorkerGroup = Field(
+        default_factory=lambda: DaskWorkerGroup(
+            replicas=0,
+            cpu="4",
+            memory="16Gi",
+            gpus=1,
+            tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        ),
+        description="a second worker group for torch (replicas 0: none)",
+    )
+    idle_timeout_s: int = Field(600, ge=0, description="the operator deletes a cluster idle this long (0: never)")
+
+
 class DaskConfig(Frozen):
+    cluster: Literal["local", "address", "kubernetes"] = Field(
+        "local",
+        description="local: a LocalCluster in the run's process; address: dask_address; kubernetes: a"
+        " DaskCluster from `kubernetes` (dask_address set and cluster local also means address)",
+    )
     n_workers: int = Field(1, ge=1)
     threads_per_worker: int = Field(2, ge=1)
     processes: bool = Field(False, description="threads share one Prefect API client and skip process start-up")
+    kubernetes: KubernetesDaskConfig = KubernetesDaskConfig()
 
 
 class PipelineConfig(Frozen):
