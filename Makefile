@@ -11,7 +11,7 @@ FUSION_HOME ?= .fusion
 export FUSION_HOME
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: help setup run run-example run-examples serve up down deploy status notebooks lab test test-fast lint typecheck rust-check bench bench-events bench-features bench-models device-check bench-serving mlflow-ui docs clean
+.PHONY: help setup run run-example run-examples serve up down deploy status notebooks lab test test-fast lint typecheck rust-check bench bench-events bench-features bench-models device-check bench-serving mlflow-ui docs clean infra-check
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -84,8 +84,15 @@ rust-check: setup ## rust_ext: cargo fmt --check, clippy (warnings are errors) a
 	cd rust_ext && PYO3_PYTHON=$(abspath $(PY)) cargo clippy --locked --all-targets -- -D warnings
 	cd rust_ext && PYO3_PYTHON=$(abspath $(PY)) cargo test --locked
 
-test: setup lint typecheck rust-check ## lint, layers, types, Rust checks and the whole pytest suite, in random order
-	$(VENV)/bin/pytest
+test: setup lint typecheck rust-check infra-check ## lint, layers, types, Rust checks, infra checks and the whole pytest suite, in random order
+	$(VENV)/bin/pytest --ignore=tests/infra
+
+infra-check: setup ## infra/ offline: Terraform parsed and formatted, manifests against Kubernetes schemas and CRDs, wiring, checkov
+	$(PY) -m tests.infra.crds
+	@if command -v terraform >/dev/null; then terraform -chdir=infra/terraform fmt -recursive -check; \
+	elif command -v tofu >/dev/null; then tofu -chdir=infra/terraform fmt -recursive -check; \
+	else echo "infra-check: no terraform or tofu on PATH, format check skipped (python-hcl2 still parses every file)"; fi
+	$(VENV)/bin/pytest -p no:randomly tests/infra
 
 test-fast: setup ## unit, data and property tests: no services, no whole-pipeline runs (about a minute)
 	$(VENV)/bin/pytest -m "not integration and not services"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -37,10 +38,22 @@ class ServingArgs(BaseModel):
     record_fields: dict[str, str]  # the primary table's columns and types (the /v1/predict record)
     tracking_uri: str
     lake_uri: str
+    # or `env:NAME`: the URL is read from the replica's environment (a URL with a password stays out of
+    # the Serve config that RayService and `serve status` show; infra/terraform uses env:FUSION_REDIS_URL)
     redis_url: str | None = None
     kafka_bootstrap_servers: str | None = None
     promoted_topic: str = "fusion.model.promoted"
     serving: ServingConfig = ServingConfig()
+
+    def resolved_redis_url(self) -> str | None:
+        """The Redis URL, `env:NAME` read here (in the replica); an unset variable is an error naming it."""
+        if self.redis_url is None or not self.redis_url.startswith("env:"):
+            return self.redis_url
+        name = self.redis_url.removeprefix("env:")
+        value = os.environ.get(name)
+        if not value:
+            raise RuntimeError(f"serving redis_url is {self.redis_url} but {name} is not set in the replica")
+        return value
 
 
 class NotReady(Exception):
@@ -52,9 +65,10 @@ class ModelCore:
         self.args = ServingArgs.model_validate(args)
         config = self.args.serving
         self.redis: GuardedRedis | None = None
-        if self.args.redis_url:
+        redis_url = self.args.resolved_redis_url()
+        if redis_url:
             breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s)
-            self.redis = GuardedRedis(self.args.redis_url, config.redis_timeout_ms / 1000, breaker)
+            self.redis = GuardedRedis(redis_url, config.redis_timeout_ms / 1000, breaker)
         self.cache = PredictionCache(self.redis, self.args.model_name, config.cache_ttl_s)
         self.model: LoadedModel | None = None
         self.online: OnlineFeatures | None = None

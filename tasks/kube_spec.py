@@ -35,23 +35,40 @@ def _labels(config: KubernetesDaskConfig, component: str) -> dict[str, str]:
 
 
 def _env(config: KubernetesDaskConfig) -> dict[str, Any]:
-    env = [{"name": k, "value": v} for k, v in sorted(config.env.items())]
+    home = {"HOME": WRITABLE["home"], "FUSION_HOME": WRITABLE["home"]}
+    env = [{"name": k, "value": v} for k, v in sorted({**home, **config.env}.items())]
     env_from = [{"secretRef": {"name": name}} for name in config.env_from_secrets]
     return {"env": env, **({"envFrom": env_from} if env_from else {})}
+
+
+# A read-only root filesystem; what a worker writes goes to two emptyDirs: /tmp (Dask's spill and
+# scratch space) and the home, /var/lib/fusion (FUSION_HOME, Prefect's home, torch's and matplotlib's
+# caches through HOME).
+WRITABLE = {"tmp": "/tmp", "home": "/var/lib/fusion"}
 
 
 def _security() -> dict[str, Any]:
     return {
         "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": False,  # Dask spills to local disk and Prefect writes its home
+        "readOnlyRootFilesystem": True,
         "runAsNonRoot": True,
         "runAsUser": 10001,
         "capabilities": {"drop": ["ALL"]},
     }
 
 
+def _mounts() -> dict[str, Any]:
+    return {"volumeMounts": [{"name": name, "mountPath": path} for name, path in WRITABLE.items()]}
+
+
 def _pod(config: KubernetesDaskConfig, container: dict[str, Any], group: DaskWorkerGroup | None) -> dict[str, Any]:
-    pod: dict[str, Any] = {"containers": [container], "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}}
+    pod: dict[str, Any] = {
+        "containers": [container],
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}, "fsGroup": 10001},
+        "volumes": [{"name": name, "emptyDir": {}} for name in WRITABLE],
+    }
+    if not config.service_account:  # Dask's pods do not call the Kubernetes API
+        pod["automountServiceAccountToken"] = False
     if config.service_account:
         pod["serviceAccountName"] = config.service_account
     if group is not None and group.node_selector:
@@ -73,6 +90,8 @@ def worker_container(config: KubernetesDaskConfig, group: DaskWorkerGroup) -> di
         "--dashboard",
         "--dashboard-address",
         str(WORKER_DASHBOARD),
+        "--local-directory",
+        WRITABLE["tmp"],
     ]
     resources = {"cpu": group.cpu, "memory": group.memory}
     limits = dict(resources)
@@ -86,14 +105,21 @@ def worker_container(config: KubernetesDaskConfig, group: DaskWorkerGroup) -> di
         "command": ["dask"],
         "args": args,
         "ports": [{"name": "http-dashboard", "containerPort": WORKER_DASHBOARD, "protocol": "TCP"}],
+        "readinessProbe": {**_probe(), "initialDelaySeconds": 5, "periodSeconds": 10},
+        "livenessProbe": {**_probe(), "initialDelaySeconds": 30, "periodSeconds": 30, "timeoutSeconds": 10},
         "resources": {"requests": resources, "limits": limits},
         "securityContext": _security(),
+        **_mounts(),
         **_env(config),
     }
 
 
+def _probe() -> dict[str, Any]:
+    return {"httpGet": {"port": "http-dashboard", "path": "/health"}}
+
+
 def scheduler_container(config: KubernetesDaskConfig) -> dict[str, Any]:
-    probe = {"httpGet": {"port": "http-dashboard", "path": "/health"}}
+    probe = _probe()
     resources = {"cpu": config.scheduler_cpu, "memory": config.scheduler_memory}
     args = ["scheduler", "--port", str(SCHEDULER_PORT), "--dashboard-address", f":{SCHEDULER_DASHBOARD}"]
     if config.idle_timeout_s:
@@ -112,6 +138,7 @@ def scheduler_container(config: KubernetesDaskConfig) -> dict[str, Any]:
         "livenessProbe": {**probe, "initialDelaySeconds": 15, "periodSeconds": 20},
         "resources": {"requests": resources, "limits": resources},
         "securityContext": _security(),
+        **_mounts(),
         **_env(config),
     }
 

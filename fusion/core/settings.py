@@ -283,6 +283,19 @@ class DaskWorkerGroup(Frozen):
     tolerations: list[dict[str, str]] = Field(default_factory=list, description="Kubernetes tolerations, as is")
 
 
+class GpuWorkerGroup(DaskWorkerGroup):
+    """The GPU group's own defaults: a key set alone (from the environment, say) keeps the others."""
+
+    replicas: int = Field(0, ge=0, description="0: no GPU workers")
+    cpu: str = "4"
+    memory: str = "16Gi"
+    gpus: int = Field(1, ge=0, description="nvidia.com/gpu per pod; > 0 also declares the Dask resource GPU")
+    tolerations: list[dict[str, str]] = Field(
+        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        description="Kubernetes tolerations, as is (default: the usual GPU node taint)",
+    )
+
+
 class KubernetesDaskConfig(Frozen):
     """`pipeline.dask.cluster: kubernetes`: a DaskCluster of the dask-kubernetes operator, per run."""
 
@@ -298,15 +311,8 @@ class KubernetesDaskConfig(Frozen):
     scheduler_cpu: str = "1"
     scheduler_memory: str = "2Gi"
     workers: DaskWorkerGroup = DaskWorkerGroup()
-    gpu_workers: DaskWorkerGroup = Field(
-        default_factory=lambda: DaskWorkerGroup(
-            replicas=0,
-            cpu="4",
-            memory="16Gi",
-            gpus=1,
-            tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-        ),
-        description="a second worker group for torch (replicas 0: none)",
+    gpu_workers: GpuWorkerGroup = Field(
+        default_factory=GpuWorkerGroup, description="a second worker group for torch (replicas 0: none)"
     )
     idle_timeout_s: int = Field(600, ge=0, description="the operator deletes a cluster idle this long (0: never)")
 

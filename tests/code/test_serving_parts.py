@@ -100,3 +100,15 @@ def test_jwt_accepts_a_token_with_the_scope_and_off_means_open() -> None:
     assert asyncio.run(Authenticator(AuthConfig())(request_with(None))) is None
     with pytest.raises(ValueError, match="secret"):
         Authenticator(AuthConfig(enabled=True))
+
+
+def test_serving_reads_an_env_reference_for_redis_in_the_replica(monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.model_server import ServingArgs
+
+    args = ServingArgs(model_name="m", record_fields={}, tracking_uri="x", lake_uri="y", redis_url="env:TEST_REDIS")
+    monkeypatch.setenv("TEST_REDIS", "redis://:pw@redis:6379/0")
+    assert args.resolved_redis_url() == "redis://:pw@redis:6379/0"
+    monkeypatch.delenv("TEST_REDIS")
+    with pytest.raises(RuntimeError, match="TEST_REDIS is not set"):
+        args.resolved_redis_url()
+    assert ServingArgs(model_name="m", record_fields={}, tracking_uri="x", lake_uri="y").resolved_redis_url() is None

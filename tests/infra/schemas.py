@@ -27,9 +27,18 @@ OBJECT_META = {
 
 
 def crd_files() -> dict[str, Any]:
-    """Installed CRD manifests, by the package that ships them."""
+    """CRD manifests: dask-kubernetes' from its wheel, KubeRay's and Strimzi's as tests/infra/crds.py
+    fetched them (a missing fetch is an error that says how to make it)."""
+    from tests.infra.crds import installed
+
+    fetched = installed()
+    if not fetched:
+        raise RuntimeError(
+            "no KubeRay/Strimzi CRDs in .tools/crds: run `python -m tests.infra.crds` (make infra-check)"
+        )
     dask = importlib.resources.files("dask_kubernetes") / "operator/deployment/helm/dask-kubernetes-operator/crds"
-    return {f"dask_kubernetes:{p.name}": p for p in dask.iterdir() if p.name.endswith(".yaml")}
+    files: dict[str, Any] = {f"dask_kubernetes:{p.name}": p for p in dask.iterdir() if p.name.endswith(".yaml")}
+    return files | {f"{p.parent.name}:{p.name}": p for p in fetched}
 
 
 @functools.cache

@@ -1,0 +1,1 @@
+# The operators take no input: their versions are pinned in main.tf.

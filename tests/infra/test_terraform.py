@@ -1,0 +1,189 @@
+"""infra/terraform checked offline (no cluster, no provider download): it parses, every variable and
+output is documented and every variable used, module calls pass what modules declare, every manifest
+it applies validates strictly against Kubernetes' schemas or its operator's CRD, and its wiring agrees
+with Fusion's code: topics, settings by environment, serving's import path and arguments, versions."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fusion.core.settings import Settings, load_settings
+from tests.conftest import FLIGHTS_CONFIG
+from tests.infra import crds
+from tests.infra.schemas import problems
+from tests.infra.terraform import ROOT, Module, blocks, parse, tf_files
+
+INPUTS = {"image": "registry.example/fusion@sha256:" + "0" * 64, "mlflow_artifacts_uri": "s3://fusion-artifacts/mlflow"}
+MODULES = sorted(p.name for p in (ROOT / "modules").iterdir() if p.is_dir())
+
+
+def root(**changes: Any) -> Module:
+    return Module(ROOT, {**INPUTS, **changes})
+
+
+def module_dirs() -> list[Path]:
+    return [ROOT, *[(ROOT / "modules" / m) for m in MODULES]]
+
+
+def test_every_file_parses_and_every_variable_and_output_is_documented() -> None:
+    assert len(tf_files()) >= 20
+    for folder in module_dirs():
+        parsed = [parse(p) for p in sorted(folder.glob("*.tf"))]
+        text = "\n".join(p.read_text() for p in folder.glob("*.tf"))
+        for body in parsed:
+            for name, variable in blocks(body, "variable").items():
+                assert variable.get("description"), f"{folder.name}: variable {name} has no description"
+                assert variable.get("type"), f"{folder.name}: variable {name} has no type"
+                assert re.search(rf"\bvar\.{name}\b", text), f"{folder.name}: variable {name} is never used"
+            for name, output in blocks(body, "output").items():
+                assert output.get("description"), f"{folder.name}: output {name} has no description"
+
+
+def test_module_calls_pass_what_the_modules_declare() -> None:
+    calls = Module(ROOT, INPUTS).merged("module")
+    assert sorted(calls) == MODULES
+    for name, call in calls.items():
+        declared = Module(ROOT / "modules" / name, {}).merged("variable")
+        passed = set(call) - {"source", "depends_on", "providers"}
+        required = {v for v, body in declared.items() if "default" not in body}
+        assert passed <= set(declared), f"module {name} is passed undeclared {passed - set(declared)}"
+        assert required <= passed, f"module {name} lacks {required - passed}"
+
+
+def test_every_helm_release_is_pinned() -> None:
+    releases = [
+        (path, name, body)
+        for path in tf_files()
+        for resource in parse(path).get("resource", [])
+        for name, body in resource.get("helm_release", {}).items()
+    ]
+    assert len(releases) >= 6
+    for path, name, body in releases:
+        assert body.get("version"), f"{path.relative_to(ROOT)}: helm_release {name} has no version"
+
+
+@pytest.mark.parametrize("storage_class", [None, "fast-ssd"])
+def test_every_manifest_validates(storage_class: str | None) -> None:
+    kinds = set()
+    for name in MODULES:
+        for address, manifest in root(storage_class=storage_class).module(name).manifests():
+            assert problems(manifest) == [], f"module {name} {address}"
+            kinds.add(manifest["kind"])
+    assert {"NetworkPolicy", "StatefulSet", "Kafka", "KafkaNodePool", "KafkaTopic", "RayService", "Deployment"} <= kinds
+
+
+def test_kafka_topics_are_the_ones_fusion_uses() -> None:
+    settings = load_settings(FLIGHTS_CONFIG)
+    events = settings.events
+    from fusion.core.events import EventType
+
+    used = {events.topic_for(t) for t in EventType.__args__ if t != "fusion.ingest.requested"}  # type: ignore[attr-defined]
+    used |= {events.requests_topic, events.deadletter_topic}
+    topics = {m["spec"]["topicName"] for _, m in root().module("kafka").manifests() if m["kind"] == "KafkaTopic"}
+    assert topics == used
+
+
+def test_the_rayservice_runs_serving_with_arguments_it_accepts() -> None:
+    from serving.model_server import ServingArgs
+
+    (service,) = [m for _, m in root().module("serving").manifests() if m["kind"] == "RayService"]
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    (app,) = config["applications"]
+    module, _, attribute = app["import_path"].partition(":")
+    assert getattr(importlib.import_module(module), attribute).__name__ == "build_app"
+    args = ServingArgs.model_validate(app["args"])
+    dataset = load_settings(FLIGHTS_CONFIG).dataset
+    assert args.model_name == dataset.model.registered_name
+    assert args.record_fields == dict(dataset.source.tables[dataset.source.primary].columns)
+    assert args.redis_url == "env:FUSION_REDIS_URL" and args.serving.port == config["http_options"]["port"]
+    assert service["spec"]["rayClusterConfig"]["rayVersion"] == importlib.import_module("ray").__version__
+
+
+def test_flow_runs_get_a_kubernetes_dask_cluster_from_the_settings_terraform_sets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The environment the work pool gives flow runs makes Fusion's settings choose the Kubernetes
+    cluster, with the GPU group Terraform's variables describe, and that cluster validates."""
+    from tasks.kube_spec import dask_cluster, gpu_worker_group
+
+    prefect = root(dask_gpu_workers=2).module("prefect")
+    for key, value in prefect.local("flow_env").items():
+        monkeypatch.setenv(key, value)
+    settings: Settings = load_settings(FLIGHTS_CONFIG)
+    dask = settings.pipeline.dask
+    assert dask.cluster == "kubernetes" and dask.kubernetes.image == INPUTS["image"]
+    assert dask.kubernetes.gpu_workers.replicas == 2 and dask.kubernetes.env_from_secrets == ["fusion-env"]
+    assert dask.kubernetes.gpu_workers.tolerations[0]["key"] == "nvidia.com/gpu"
+    assert settings.mlflow_tracking_uri == "http://fusion-mlflow.fusion.svc:5000"
+    group = gpu_worker_group(dask.kubernetes)
+    assert group is not None and problems(group) == [] and problems(dask_cluster(dask.kubernetes)) == []
+    assert group["spec"]["worker"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+
+
+def base_job_template(prefect: Module) -> dict[str, Any]:
+    """base-job-template.json as Terraform's templatefile renders it."""
+    text = (ROOT / "modules" / "prefect" / "base-job-template.json").read_text()
+    values = {
+        "image": prefect.var("image"),
+        "namespace": prefect.var("namespace"),
+        "env": json.dumps(prefect.local("flow_env")),
+        "secrets_env_secret": prefect.var("secrets_env_secret"),
+    }
+    return dict(json.loads(re.sub(r"\$\{(\w+)\}", lambda m: str(values[m.group(1)]), text)))
+
+
+def fill(node: Any, defaults: dict[str, Any]) -> Any:
+    """Prefect's placeholders replaced by the variables' defaults, as its worker does for a run."""
+    if isinstance(node, dict):
+        return {k: fill(v, defaults) for k, v in node.items()}
+    if isinstance(node, list):
+        return [fill(v, defaults) for v in node]
+    whole = re.fullmatch(r"\{\{ (\w+) \}\}", node) if isinstance(node, str) else None
+    return defaults[whole.group(1)] if whole else node
+
+
+def test_the_work_pools_job_is_a_valid_job_that_carries_fusions_environment() -> None:
+    template = base_job_template(root().module("prefect"))
+    defaults = {k: v.get("default") for k, v in template["variables"]["properties"].items()}
+    defaults["command"] = ["prefect", "flow-run", "execute"]
+    job = fill(template["job_configuration"]["job_manifest"], defaults)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    container["env"] = [{"name": k, "value": v} for k, v in container["env"].items()]  # as the worker does
+    job["metadata"]["name"] = "fusion-flow-run-x"
+    del job["metadata"]["generateName"]
+    assert problems(job) == []
+    env = {e["name"] for e in container["env"]}
+    assert {"FUSION_PIPELINE__DASK__CLUSTER", "PREFECT_API_URL", "FUSION_MLFLOW_TRACKING_URI"} <= env
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "fusion-flow"
+
+
+def test_operator_versions_match_the_crds_the_checks_use() -> None:
+    import dask_kubernetes
+
+    versions = Module(ROOT / "modules" / "operators", {})
+    assert versions.local("kuberay_version") == crds.KUBERAY_VERSION.removeprefix("v")
+    assert versions.local("strimzi_version") == crds.STRIMZI_VERSION
+    assert versions.local("dask_operator_version") == dask_kubernetes.__version__
+
+
+def test_the_kubernetes_deployments_target_the_pool_terraform_makes() -> None:
+    repo = ROOT.parents[1]
+    spec = yaml.safe_load((repo / "infra" / "prefect-kubernetes.yaml").read_text())
+    local = yaml.safe_load((repo / "prefect.yaml").read_text())
+    pool = Module(ROOT / "modules" / "prefect", {"namespace": "fusion"}).local("work_pool")
+    assert {d["work_pool"]["name"] for d in spec["deployments"]} == {pool}
+    # the same names as the local deployments: fusion trigger's events.trigger_deployment finds either
+    assert [d["name"] for d in spec["deployments"]] == [d["name"] for d in local["deployments"]]
+    trigger = load_settings(FLIGHTS_CONFIG).events.trigger_deployment
+    assert trigger.split("/")[1] in {d["name"] for d in spec["deployments"]}
+    for deployment in spec["deployments"]:
+        path, _, flow = deployment["entrypoint"].partition(":")
+        assert (repo / path).is_file() and f"def {flow}(" in (repo / path).read_text()
+        assert deployment["work_pool"]["job_variables"]["image"] == "{{ $FUSION_IMAGE }}"
