@@ -4,7 +4,7 @@ the manifests Fusion renders in Python.
 
 The evaluator knows the expressions the manifests use and nothing more: references (var., local.,
 each.key, each.value, module.<name>.<output>, a resource's arguments), index by key, the functions
-below, `-`, `==`, one level of `cond ? a : b`, and two for-expressions: `[for k, v in MAP : { name = k,
+below, `-`, and two for-expressions: `[for k, v in MAP : { name = k,
 value = v }]` (a map as a container's env list) and `{ for k, v in MAP : k => v if v != null }` (optional
 keys); object literals go in `locals`, not inside an expression. Anything else raises, naming the
 expression, so a manifest that outgrows it is noticed here, not skipped."""
@@ -26,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[2] / "infra" / "terraform"
 OPTIONS = SerializationOptions(strip_string_quotes=True, explicit_blocks=False, with_comments=False)
 REFERENCE = re.compile(r"\$\{(.*?)\}(?![^{]*\})", re.DOTALL)
 FOR_NON_NULL = re.compile(r"^\{for (\w+), (\w+) in (.+?) : \1 => \2 if \2 != null\}$", re.DOTALL)
-TERNARY = re.compile(r"^([^?\"]+?)\?([^:\"]+?):(.+)$", re.DOTALL)
 FOR_ENV = re.compile(r"^\[for (\w+), (\w+) in (.+?) : \{\s*name\s*=\s*\1,?\s*value\s*=\s*\2\s*\}\]$", re.DOTALL)
 
 
@@ -159,10 +158,6 @@ class Module:
         kept = FOR_NON_NULL.match(text)
         if kept:
             return {k: v for k, v in self.expression(kept.group(3).strip()).items() if v is not None}
-        ternary = TERNARY.match(text)
-        if ternary:  # cond ? a : b (not nested)
-            condition, then, otherwise = (ternary.group(i).strip() for i in (1, 2, 3))
-            return self.expression(then) if self.expression(condition) else self.expression(otherwise)
         python = re.sub(r"\bvar\.(\w+)", r"_var('\1')", text)
         python = re.sub(r"\blocal\.(\w+)", r"_local('\1')", python)
         python = re.sub(r"\bmodule\.(\w+)\.(\w+)", r"_output('\1', '\2')", python)

@@ -85,7 +85,8 @@ def test_pipeline_stage_events_arrive_in_order_on_one_trace(
     trace = new_traceparent()
     summary = run_pipeline(Path("configs/card_transactions.yaml"), traceparent=trace)
     assert summary.promoted
-    records = consume(kafka_bootstrap, [config.topic_for(t) for t in STAGES], len(STAGES))
+    # a generous wait: on 2 busy cores a new consumer group's first fetch has taken over 30 s
+    records = consume(kafka_bootstrap, [config.topic_for(t) for t in STAGES], len(STAGES), timeout_s=90)
     events = sorted((CloudEvent.model_validate_json(r.value) for r in records), key=lambda e: e.time)
     assert [e.type for e in events] == STAGES
     assert {r.topic for r in records} == {config.topic_for(t) for t in STAGES}

@@ -70,11 +70,66 @@ resource "kubernetes_manifest" "redis_service" {
 }
 
 locals {
-  redis_labels = { "app.kubernetes.io/name" = "redis", "app.kubernetes.io/part-of" = "fusion" }
-  claim        = { accessModes = ["ReadWriteOnce"], resources = { requests = { storage = "8Gi" } } }
-  class        = { storageClassName = var.storage_class }
+  postgres_host   = "prefect-server-postgresql.${var.namespace}.svc"
+  database_labels = { "app.kubernetes.io/name" = "mlflow-database", "app.kubernetes.io/part-of" = "fusion" }
+  create_database = "psql -tAc \"SELECT 1 FROM pg_database WHERE datname = 'mlflow'\" | grep -q 1 || psql -c \"CREATE DATABASE mlflow OWNER \\\"$OWNER\\\"\""
+  redis_labels    = { "app.kubernetes.io/name" = "redis", "app.kubernetes.io/part-of" = "fusion" }
+  claim           = { accessModes = ["ReadWriteOnce"], resources = { requests = { storage = "8Gi" } } }
+  class           = { storageClassName = var.storage_class }
   # the storage class only when one is given: the cluster default otherwise
   claim_class = { for k, v in local.class : k => v if v != null }
+}
+
+# MLflow's database in the PostgreSQL of Prefect's chart (which makes only Prefect's): created once,
+# idempotently, before MLflow starts.
+resource "kubernetes_manifest" "mlflow_database" {
+  manifest = {
+    apiVersion = "batch/v1"
+    kind       = "Job"
+    metadata = {
+      name      = "fusion-mlflow-database"
+      namespace = var.namespace
+      labels    = local.database_labels
+      annotations = {
+        "checkov.io/skip1" = "CKV_K8S_8=a one-shot Job that ends: nothing to keep alive"
+        "checkov.io/skip2" = "CKV_K8S_9=a one-shot Job serves nothing: no readiness"
+        "checkov.io/skip3" = "CKV_K8S_43=the tag is pinned; mirror it and pin the mirror digest in production (docs/DEPLOY.md)"
+        "checkov.io/skip4" = "CKV_K8S_15=a pinned tag needs no Always pull"
+        "checkov.io/skip5" = "CKV_K8S_35=psql takes its password from PGPASSWORD"
+      }
+    }
+    spec = {
+      backoffLimit            = 6
+      ttlSecondsAfterFinished = 86400
+      template = {
+        metadata = { labels = local.database_labels }
+        spec = {
+          restartPolicy                = "OnFailure"
+          automountServiceAccountToken = false
+          securityContext              = { runAsNonRoot = true, runAsUser = 10999, runAsGroup = 10999, seccompProfile = { type = "RuntimeDefault" } }
+          containers = [{
+            name    = "create-database"
+            image   = "postgres:17.6-alpine"
+            command = ["sh", "-c", local.create_database]
+            env = [
+              { name = "PGHOST", value = local.postgres_host },
+              # the chart's superuser creates the database, owned by the user MLflow connects as
+              { name = "PGUSER", value = "postgres" },
+              { name = "PGPASSWORD", valueFrom = { secretKeyRef = { name = var.postgres_secret, key = "postgres-password" } } },
+              { name = "OWNER", valueFrom = { secretKeyRef = { name = var.postgres_secret, key = "username" } } },
+              { name = "PGDATABASE", value = "postgres" },
+            ]
+            resources = { requests = { cpu = "50m", memory = "64Mi" }, limits = { cpu = "200m", memory = "128Mi" } }
+            securityContext = {
+              allowPrivilegeEscalation = false
+              readOnlyRootFilesystem   = true
+              capabilities             = { drop = ["ALL"] }
+            }
+          }]
+        }
+      }
+    }
+  }
 }
 
 resource "helm_release" "mlflow" {
@@ -84,13 +139,14 @@ resource "helm_release" "mlflow" {
   version    = "1.11.5"
   namespace  = var.namespace
   atomic     = true
+  depends_on = [kubernetes_manifest.mlflow_database]
   values = [yamlencode({
     image = { tag = "3.17.2" } # the MLflow of uv.lock
     backendStore = {
       databaseMigration = true
       postgres = {
         enabled  = true
-        host     = "prefect-server-postgresql.${var.namespace}.svc"
+        host     = local.postgres_host
         port     = 5432
         database = "mlflow"
       }
