@@ -31,7 +31,11 @@ def dask_memory_limit(quantity: str) -> str:
 
 
 def _labels(config: KubernetesDaskConfig, component: str) -> dict[str, str]:
-    return {"app.kubernetes.io/part-of": "fusion", "app.kubernetes.io/component": component}
+    labels = {"app.kubernetes.io/part-of": "fusion", "app.kubernetes.io/component": component}
+    if component in ("dask-worker", "dask-gpu-worker"):
+        # workers read and write the lake (S3 or compatible): infra/terraform's object-store policy
+        labels["fusion.io/object-store"] = "true"
+    return labels
 
 
 def _env(config: KubernetesDaskConfig) -> dict[str, Any]:

@@ -125,6 +125,11 @@ def test_flow_runs_get_a_kubernetes_dask_cluster_from_the_settings_terraform_set
     group = gpu_worker_group(dask.kubernetes)
     assert group is not None and problems(group) == [] and problems(dask_cluster(dask.kubernetes)) == []
     assert group["spec"]["worker"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    # workers reach the lake through the platform module's object-store NetworkPolicy
+    policies = dict(root().module("platform").manifests())
+    selector = policies['kubernetes_manifest.network_policy["object-store"]']["spec"]["podSelector"]["matchLabels"]
+    for worker in (dask_cluster(dask.kubernetes)["spec"]["worker"], group["spec"]["worker"]):
+        assert selector.items() <= worker["metadata"]["labels"].items()
 
 
 def base_job_template(prefect: Module) -> dict[str, Any]:
