@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any
 
 from fusion.core.errors import TrainingError
 from fusion.core.lake import Lake
 from fusion.core.settings import DatasetConfig
+from tasks.features import FeatureSet
 from tasks.train import SplitFrames, TrainedModel, split_frames, train_lightgbm, train_lightgbm_dask
 
 GPU = "GPU"  # the Dask resource a worker declares per CUDA device
@@ -129,67 +131,41 @@ def train_torch(
 
 
 def train_torch_task(
-    lake: Lake,
-    path: str,
-    dataset: DatasetConfig,
-    features: list[str],
-    categorical: list[str],
-    target: str,
-    device: str,
-    threads: int,
+    lake: Lake, table: FeatureSet, dataset: DatasetConfig, device: str, reason: str, threads: int
 ) -> TrainedModel:
     """The Dask task: reads the feature table from the lake (no frames through the scheduler), splits it
-    as the flow does and trains; says which worker it ran on."""
+    as the flow does and trains; says which worker it ran on and why on that device."""
     try:
         from distributed import get_worker
 
         worker: str | None = get_worker().address
     except (ImportError, ValueError):
         worker = None
-    parts = split_frames(lake.read_parquet(path), dataset)
-    trained = train_torch(parts, features, categorical, target, dataset, device, threads)
-    return replace(trained, worker=worker)
+    parts = split_frames(lake.read_parquet(table.path), dataset)
+    trained = train_torch(
+        parts, table.feature_columns, table.categorical_columns, table.target, dataset, device, threads
+    )
+    return replace(trained, worker=worker, device_reason=reason)
 
 
 def torch_on_cluster(
     client: Any | None,
     lake: Lake,
-    path: str,
+    table: FeatureSet,
     dataset: DatasetConfig,
-    features: list[str],
-    categorical: list[str],
-    target: str,
     threads: int,
     run_device: str | None = None,
 ) -> Any:
-    """Submit torch training where `model.device` says; returns a future (or, without Dask, the result
-    wrapped so `.result()` works). `run_device` replaces the device torch itself uses, not where the
-    task is placed (the placement tests force cpu on a worker that declares a GPU)."""
+    """Submit torch training where `model.device` says; returns its future (without Dask, one already
+    done). `run_device` replaces the device torch itself uses, not where the task is placed (the
+    placement tests force cpu on a worker that declares a GPU)."""
     placement = place_torch(dataset.model.device, client)
-    device = run_device or placement.device
-    args = (lake, path, dataset, features, categorical, target, device, threads)
-    if client is None:
-        return _Done(replace(train_torch_task(*args), device_reason=placement.reason))
-    future = client.submit(train_torch_task, *args, resources=placement.resources, pure=False)
-    return _Placed(future, placement.reason)
-
-
-@dataclass(frozen=True)
-class _Done:
-    value: TrainedModel
-
-    def result(self) -> TrainedModel:
-        return self.value
-
-
-@dataclass(frozen=True)
-class _Placed:
-    future: Any
-    reason: str
-
-    def result(self) -> TrainedModel:
-        trained: TrainedModel = self.future.result()
-        return replace(trained, device_reason=self.reason)
+    args = (lake, table, dataset, run_device or placement.device, placement.reason, threads)
+    if client is not None:
+        return client.submit(train_torch_task, *args, resources=placement.resources, pure=False)
+    done: Future[TrainedModel] = Future()
+    done.set_result(train_torch_task(*args))
+    return done
 
 
 def choose_best(gbm: TrainedModel, net: TrainedModel) -> TrainedModel:
@@ -217,30 +193,18 @@ def train_in_process(
 
 
 def train_family(
-    lake: Lake,
-    path: str,
-    dataset: DatasetConfig,
-    features: list[str],
-    categorical: list[str],
-    target: str,
-    threads: int,
-    client: Any | None,
-    workers: int,
+    lake: Lake, table: FeatureSet, dataset: DatasetConfig, threads: int, client: Any | None, workers: int
 ) -> TrainedModel:
     """Train `model.family`: LightGBM here (lightgbm.dask with several workers), torch as Dask work placed
     by `model.device`; `best` trains both on the same split and keeps the better valid AUC (the test
     split never decides)."""
     family = dataset.model.family
-    torch_future = (
-        torch_on_cluster(client, lake, path, dataset, features, categorical, target, threads)
-        if family in ("torch", "best")
-        else None
-    )
+    torch_future = torch_on_cluster(client, lake, table, dataset, threads) if family in ("torch", "best") else None
     if family == "torch":
         assert torch_future is not None
-        return torch_future.result()
-    parts = split_frames(lake.read_parquet(path), dataset)
-    args = (parts, features, categorical, target, dataset.model)
+        return torch_future.result()  # type: ignore[no-any-return]
+    parts = split_frames(lake.read_parquet(table.path), dataset)
+    args = (parts, table.feature_columns, table.categorical_columns, table.target, dataset.model)
     gbm = (
         train_lightgbm_dask(client, *args)
         if client is not None and workers > 1

@@ -30,7 +30,7 @@ def dask_memory_limit(quantity: str) -> str:
     return f"{number}{unit}B" if unit else number
 
 
-def _labels(config: KubernetesDaskConfig, component: str) -> dict[str, str]:
+def _labels(component: str) -> dict[str, str]:
     labels = {"app.kubernetes.io/part-of": "fusion", "app.kubernetes.io/component": component}
     if component in ("dask-worker", "dask-gpu-worker"):
         # workers read and write the lake (S3 or compatible): infra/terraform's object-store policy
@@ -152,15 +152,15 @@ def dask_cluster(config: KubernetesDaskConfig) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
         "kind": "DaskCluster",
-        "metadata": {"name": config.name, "namespace": config.namespace, "labels": _labels(config, "dask")},
+        "metadata": {"name": config.name, "namespace": config.namespace, "labels": _labels("dask")},
         "spec": {
             "worker": {
                 "replicas": config.workers.replicas,
-                "metadata": {"labels": _labels(config, "dask-worker")},
+                "metadata": {"labels": _labels("dask-worker")},
                 "spec": _pod(config, worker_container(config, config.workers), config.workers),
             },
             "scheduler": {
-                "metadata": {"labels": _labels(config, "dask-scheduler")},
+                "metadata": {"labels": _labels("dask-scheduler")},
                 "spec": _pod(config, scheduler_container(config), None),
                 "service": {
                     "type": "ClusterIP",
@@ -193,13 +193,13 @@ def gpu_worker_group(config: KubernetesDaskConfig) -> dict[str, Any] | None:
         "metadata": {
             "name": f"{config.name}-{GPU_GROUP}",
             "namespace": config.namespace,
-            "labels": _labels(config, "dask-gpu-worker"),
+            "labels": _labels("dask-gpu-worker"),
         },
         "spec": {
             "cluster": config.name,
             "worker": {
                 "replicas": group.replicas,
-                "metadata": {"labels": _labels(config, "dask-gpu-worker")},
+                "metadata": {"labels": _labels("dask-gpu-worker")},
                 "spec": _pod(config, worker_container(config, group), group),
             },
         },

@@ -139,15 +139,14 @@ def load_split(features: feature_code.FeatureSet, dataset: DatasetConfig, lake: 
 @task(name="train", cache_policy=STAGE_CACHE, persist_result=True, retry_condition_fn=retry_unless_bad_data)
 def train(features: feature_code.FeatureSet, dataset: DatasetConfig, lake: Lake, threads: int) -> TrainedModel:
     client, workers = dask_client_with_workers()
-    args = (lake, features.path, dataset, features.feature_columns, features.categorical_columns, features.target)
     if client is None or dataset.model.family == "lightgbm":
-        return train_family(*args, threads, client, workers)
+        return train_family(lake, features, dataset, threads, client, workers)
     from distributed import worker_client
 
     # torch is Dask work of its own (placed by its resources): this task leaves the worker's thread
     # pool while it waits, so a one-thread worker can run it
     with worker_client() as seceded:
-        return train_family(*args, threads, seceded, workers)
+        return train_family(lake, features, dataset, threads, seceded, workers)
 
 
 @task(name="evaluate", cache_policy=STAGE_CACHE, persist_result=True)

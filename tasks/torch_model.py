@@ -209,7 +209,6 @@ class TorchFit:
     device: str
     peak_gpu_bytes: int | None
     history: list[float]  # valid AUC after each epoch
-    prepare_seconds: float  # fitting the preprocessing and building the tensors
 
 
 def labels(frame: pl.DataFrame, target: str, name: str) -> np.ndarray:
@@ -277,7 +276,6 @@ def fit_torch(
 
     best_auc, best_epoch, best_state, epoch, trained_rows, epoch_seconds = -1.0, 0, None, 0, 0, 0.0
     history: list[float] = []
-    prepared = time.perf_counter() - started
     for epoch in range(1, config.max_epochs + 1):
         epoch_started = time.perf_counter()
         net.train()
@@ -317,5 +315,4 @@ def fit_torch(
         device=device,
         peak_gpu_bytes=int(torch.cuda.max_memory_allocated()) if amp else None,
         history=history,
-        prepare_seconds=prepared,
     )

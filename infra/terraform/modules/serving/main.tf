@@ -20,6 +20,24 @@ locals {
     }
   }
   pod_security = { runAsNonRoot = true, runAsUser = 10001, seccompProfile = { type = "RuntimeDefault" } }
+  # what the head's and the workers' containers share, then what each adds
+  container = {
+    image           = var.image
+    imagePullPolicy = "IfNotPresent"
+    env             = local.env
+    envFrom         = local.env_from
+    securityContext = local.container_security
+    volumeMounts    = local.mounts
+  }
+  head = {
+    name      = "ray-head"
+    ports     = [{ name = "serve", containerPort = 8000, protocol = "TCP" }, { name = "gcs", containerPort = 6379, protocol = "TCP" }]
+    resources = { requests = { cpu = "1", memory = "4Gi" }, limits = { cpu = "2", memory = "4Gi" } }
+  }
+  worker = {
+    name      = "ray-worker"
+    resources = { requests = { cpu = "2", memory = "4Gi" }, limits = { cpu = "2", memory = "4Gi" } }
+  }
   serve_args = {
     model_name              = var.model_name
     record_fields           = var.record_fields
@@ -58,17 +76,7 @@ resource "kubernetes_manifest" "ray_service" {
               automountServiceAccountToken = false
               securityContext              = local.pod_security
               volumes                      = local.volumes
-              containers = [{
-                name            = "ray-head"
-                image           = var.image
-                imagePullPolicy = "IfNotPresent"
-                env             = local.env
-                envFrom         = local.env_from
-                securityContext = local.container_security
-                volumeMounts    = local.mounts
-                ports           = [{ name = "serve", containerPort = 8000, protocol = "TCP" }, { name = "gcs", containerPort = 6379, protocol = "TCP" }]
-                resources       = { requests = { cpu = "1", memory = "4Gi" }, limits = { cpu = "2", memory = "4Gi" } }
-              }]
+              containers                   = [merge(local.container, local.head)]
             }
           }
         }
@@ -84,16 +92,7 @@ resource "kubernetes_manifest" "ray_service" {
               automountServiceAccountToken = false
               securityContext              = local.pod_security
               volumes                      = local.volumes
-              containers = [{
-                name            = "ray-worker"
-                image           = var.image
-                imagePullPolicy = "IfNotPresent"
-                env             = local.env
-                envFrom         = local.env_from
-                securityContext = local.container_security
-                volumeMounts    = local.mounts
-                resources       = { requests = { cpu = "2", memory = "4Gi" }, limits = { cpu = "2", memory = "4Gi" } }
-              }]
+              containers                   = [merge(local.container, local.worker)]
             }
           }
         }]
