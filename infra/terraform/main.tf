@@ -18,6 +18,8 @@ locals {
   kafka_bootstrap = "fusion-kafka-bootstrap.${var.namespace}.svc:9092"
   mlflow_uri      = "http://fusion-mlflow.${var.namespace}.svc:5000"
   prefect_api_url = "http://prefect-server.${var.namespace}.svc:4200/api"
+  # the PostgreSQL of Prefect's chart (release prefect-server), which MLflow shares
+  postgres_host = "prefect-server-postgresql.${var.namespace}.svc"
   # environment every Fusion pod gets (no secrets: those come from var.secrets_env_secret, which also
   # holds FUSION_REDIS_URL = redis://:<password>@fusion-redis.<namespace>.svc:6379/0)
   fusion_env = {
@@ -40,15 +42,36 @@ module "operators" {
   depends_on = [module.platform]
 }
 
+# the three Secrets every other module names, made from your secret store
+module "secrets" {
+  source           = "./modules/secrets"
+  namespace        = module.platform.namespace
+  labels           = local.labels
+  store            = var.secret_store
+  refresh_interval = var.secret_refresh_interval
+  secrets = {
+    (var.secrets_env_secret) = { remote_key = var.secret_remote_keys["env"], derived = {} }
+    (var.postgres_secret) = {
+      remote_key = var.secret_remote_keys["postgres"]
+      # what the Prefect server connects with (its chart reads this key)
+      derived = { "connection-string" = "postgresql+asyncpg://{{ .username }}:{{ .password | urlquery }}@${local.postgres_host}:5432/server" }
+    }
+    (var.redis_secret) = { remote_key = var.secret_remote_keys["redis"], derived = {} }
+  }
+  depends_on = [module.operators]
+}
+
 module "stores" {
   source               = "./modules/stores"
   namespace            = module.platform.namespace
   storage_class        = var.storage_class
+  postgres_host        = local.postgres_host
   postgres_secret      = var.postgres_secret
   redis_secret         = var.redis_secret
   secrets_env_secret   = var.secrets_env_secret
   mlflow_artifacts_uri = var.mlflow_artifacts_uri
   s3_endpoint_url      = var.s3_endpoint_url
+  depends_on           = [module.secrets, module.prefect] # MLflow's database is in Prefect's PostgreSQL
 }
 
 module "kafka" {
@@ -74,7 +97,8 @@ module "prefect" {
   gpu_node_selector  = var.gpu_node_selector
   gpu_node_taint_key = var.gpu_node_taint_key
   config_file        = var.config_file
-  depends_on         = [module.operators, module.stores]
+  storage_class      = var.storage_class
+  depends_on         = [module.operators, module.secrets]
 }
 
 module "serving" {
@@ -85,5 +109,5 @@ module "serving" {
   fusion_env          = local.fusion_env
   replicas            = var.serving_replicas
   ray_worker_replicas = var.ray_worker_replicas
-  depends_on          = [module.operators, module.stores]
+  depends_on          = [module.operators, module.secrets, module.stores]
 }

@@ -27,20 +27,38 @@ variable "config_file" {
   default     = "configs/flights.yaml"
 }
 
+variable "secret_store" {
+  description = "the External Secrets Operator store that reaches your secret store (Vault, AWS/GCP/Azure secret managers, ...): kind SecretStore (in var.namespace) or ClusterSecretStore, and its name. You create it: it carries your provider's authentication (docs/DEPLOY.md)."
+  type        = object({ kind = string, name = string })
+  default     = { kind = "ClusterSecretStore", name = "fusion" }
+}
+
+variable "secret_remote_keys" {
+  description = "key in your secret store of each secret Fusion needs; every property of a remote secret becomes a key of its Kubernetes Secret. env: FUSION_REDIS_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (+ any FUSION_* secret setting); postgres: username (prefect, the user Prefect's chart creates), password, postgres-password (its superuser; the Secret also gets connection-string, made from these); redis: redis-password"
+  type        = object({ env = string, postgres = string, redis = string })
+  default     = { env = "fusion/env", postgres = "fusion/postgres", redis = "fusion/redis" }
+}
+
+variable "secret_refresh_interval" {
+  description = "how often the External Secrets Operator re-reads the remote secrets (a rotated value reaches the Kubernetes Secret within this; pods read env at start)"
+  type        = string
+  default     = "1h"
+}
+
 variable "secrets_env_secret" {
-  description = "name of a Kubernetes Secret (made by your external secret store, e.g. External Secrets Operator) whose keys become environment variables of every Fusion pod: FUSION_* secret settings, AWS_* for the artifact store. Terraform never holds a secret value."
+  description = "name of the Kubernetes Secret (made by modules/secrets from secret_remote_keys.env) whose keys become environment variables of every Fusion pod: FUSION_* secret settings, AWS_* for the artifact store. Terraform never holds a secret value."
   type        = string
   default     = "fusion-env"
 }
 
 variable "postgres_secret" {
-  description = "name of the Kubernetes Secret with the PostgreSQL credentials (keys: username, password) for Prefect and MLflow; made by your secret store"
+  description = "name of the Kubernetes Secret with the PostgreSQL credentials (keys: username, password, postgres-password, connection-string) for Prefect and MLflow; made by modules/secrets from secret_remote_keys.postgres"
   type        = string
   default     = "fusion-postgres"
 }
 
 variable "redis_secret" {
-  description = "name of the Kubernetes Secret with the Redis password (key: redis-password); made by your secret store"
+  description = "name of the Kubernetes Secret with the Redis password (key: redis-password); made by modules/secrets from secret_remote_keys.redis"
   type        = string
   default     = "fusion-redis"
 }

@@ -34,7 +34,8 @@ def crd_files() -> dict[str, Any]:
     fetched = installed()
     if not fetched:
         raise RuntimeError(
-            "no KubeRay/Strimzi CRDs in .tools/crds: run `python -m tests.infra.crds` (make infra-check)"
+            "no KubeRay/Strimzi/External Secrets CRDs in .tools/crds: "
+            "run `python -m tests.infra.crds` (make infra-check)"
         )
     dask = importlib.resources.files("dask_kubernetes") / "operator/deployment/helm/dask-kubernetes-operator/crds"
     files: dict[str, Any] = {f"dask_kubernetes:{p.name}": p for p in dask.iterdir() if p.name.endswith(".yaml")}

@@ -3,8 +3,8 @@
 the manifests Fusion renders in Python.
 
 The evaluator knows the expressions the manifests use and nothing more: references (var., local.,
-each.key, each.value, module.<name>.<output>, a resource's arguments), index by key, the functions
-below, `-`, and two for-expressions: `[for k, v in MAP : { name = k,
+each.key, each.value, module.<name>.<output>, a resource's arguments), computed map keys
+`(var.x) = ...`, index by key, the functions below, `-`, and two for-expressions: `[for k, v in MAP : { name = k,
 value = v }]` (a map as a container's env list) and `{ for k, v in MAP : k => v if v != null }` (optional
 keys); object literals go in `locals`, not inside an expression. Anything else raises, naming the
 expression, so a manifest that outgrows it is noticed here, not skipped."""
@@ -81,6 +81,7 @@ FUNCTIONS: dict[str, Any] = {
     "yamlencode": lambda v: yaml.safe_dump(v, sort_keys=False),
     "length": len,
     "trimprefix": lambda s, p: s.removeprefix(p),
+    "keys": sorted,
 }
 
 
@@ -139,8 +140,8 @@ class Module:
         raise KeyError(f"{self.path}: no resource {kind}.{name}")
 
     def value(self, node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: self.value(v) for k, v in node.items()}
+        if isinstance(node, dict):  # a key in parentheses, `(var.name) = ...`, is an expression too
+            return {self.value(k): self.value(v) for k, v in node.items()}
         if isinstance(node, list):
             return [self.value(v) for v in node]
         if not isinstance(node, str) or "${" not in node:

@@ -76,7 +76,16 @@ def test_every_manifest_validates(storage_class: str | None) -> None:
         for address, manifest in root(storage_class=storage_class).module(name).manifests():
             assert problems(manifest) == [], f"module {name} {address}"
             kinds.add(manifest["kind"])
-    assert {"NetworkPolicy", "StatefulSet", "Kafka", "KafkaNodePool", "KafkaTopic", "RayService", "Deployment"} <= kinds
+    assert {
+        "NetworkPolicy",
+        "StatefulSet",
+        "Kafka",
+        "KafkaNodePool",
+        "KafkaTopic",
+        "RayService",
+        "Deployment",
+        "ExternalSecret",
+    } <= kinds
 
 
 def test_kafka_topics_are_the_ones_fusion_uses() -> None:
@@ -169,12 +178,70 @@ def test_the_work_pools_job_is_a_valid_job_that_carries_fusions_environment() ->
     assert job["spec"]["template"]["spec"]["serviceAccountName"] == "fusion-flow"
 
 
+def secret_references(node: Any) -> set[tuple[str, str | None]]:
+    """(Secret, key) of every secretKeyRef, and (Secret, None) of every envFrom secretRef, in a manifest."""
+    found: set[tuple[str, str | None]] = set()
+    if isinstance(node, dict):
+        if "secretKeyRef" in node:
+            found.add((node["secretKeyRef"]["name"], node["secretKeyRef"]["key"]))
+        if "secretRef" in node:
+            found.add((node["secretRef"]["name"], None))
+        for value in node.values():
+            found |= secret_references(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= secret_references(value)
+    return found
+
+
+def test_every_secret_a_pod_reads_is_made_from_the_secret_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Secrets pods name (Terraform's manifests, the flow runs' job, the Dask pods the flow renders)
+    are exactly those the ExternalSecrets make, and every key a pod reads is one the variable that
+    maps them to the secret store tells the user to put there."""
+    from tasks.kube_spec import dask_cluster
+
+    top = root()
+    made = {
+        m["spec"]["target"]["name"]: m["spec"]["dataFrom"][0]["extract"]["key"]
+        for _, m in top.module("secrets").manifests()
+    }
+    remote = top.var("secret_remote_keys")
+    names = {
+        "env": top.var("secrets_env_secret"),
+        "postgres": top.var("postgres_secret"),
+        "redis": top.var("redis_secret"),
+    }
+    assert made == {names[k]: remote[k] for k in names}
+
+    refs: set[tuple[str, str | None]] = set()
+    for name in MODULES:
+        for _, manifest in top.module(name).manifests():
+            if manifest["kind"] != "ExternalSecret":
+                refs |= secret_references(manifest)
+    prefect = top.module("prefect")
+    refs |= secret_references(base_job_template(prefect))
+    for key, value in prefect.local("flow_env").items():
+        monkeypatch.setenv(key, value)
+    refs |= secret_references(dask_cluster(load_settings(FLIGHTS_CONFIG).pipeline.dask.kubernetes))
+    assert {name for name, _ in refs} == set(made)
+
+    description = top.merged("variable")["secret_remote_keys"]["description"]
+    documented = {kind: re.search(rf"\b{kind}: ([^;]+)", description).group(1) for kind in names}  # type: ignore[union-attr]
+    kind_of = {secret: kind for kind, secret in names.items()}
+    for secret, key in refs:
+        if key is not None:
+            assert key in documented[kind_of[secret]], (
+                f"{secret} is read with key {key}, not in secret_remote_keys' description"
+            )
+
+
 def test_operator_versions_match_the_crds_the_checks_use() -> None:
     import dask_kubernetes
 
     versions = Module(ROOT / "modules" / "operators", {})
     assert versions.local("kuberay_version") == crds.KUBERAY_VERSION.removeprefix("v")
     assert versions.local("strimzi_version") == crds.STRIMZI_VERSION
+    assert versions.local("eso_version") == crds.ESO_VERSION.removeprefix("v")
     assert versions.local("dask_operator_version") == dask_kubernetes.__version__
 
 
@@ -192,3 +259,50 @@ def test_the_kubernetes_deployments_target_the_pool_terraform_makes() -> None:
         path, _, flow = deployment["entrypoint"].partition(":")
         assert (repo / path).is_file() and f"def {flow}(" in (repo / path).read_text()
         assert deployment["work_pool"]["job_variables"]["image"] == "{{ $FUSION_IMAGE }}"
+
+
+def test_services_are_named_as_the_helm_releases_name_them_and_installed_in_order() -> None:
+    """Hosts Fusion is pointed at follow from the chart releases (Prefect's chart names its Service
+    after fullnameOverride "prefect-server" and its PostgreSQL <release>-postgresql; MLflow's chart takes
+    a release name containing "mlflow" as is), MLflow accepts that Host header (it refuses names other
+    than localhost and private IPs by default), and the PostgreSQL MLflow's database goes into is
+    installed before the stores module needs it."""
+    from fnmatch import fnmatch
+    from urllib.parse import urlsplit
+
+    top = root()
+    releases = {
+        name: body
+        for path in tf_files()
+        for resource in parse(path).get("resource", [])
+        for name, body in resource.get("helm_release", {}).items()
+    }
+    namespace = top.var("namespace")
+    assert top.local("postgres_host") == f"{releases['server']['name']}-postgresql.{namespace}.svc"
+    assert urlsplit(top.local("prefect_api_url")).hostname == f"{releases['server']['name']}.{namespace}.svc"
+    mlflow = urlsplit(top.local("mlflow_uri"))
+    assert mlflow.hostname == f"{releases['mlflow']['name']}.{namespace}.svc" and "mlflow" in releases["mlflow"]["name"]
+    stores = (ROOT / "modules" / "stores" / "main.tf").read_text()
+    allowed = re.search(r"serverAllowedHosts\s*=\s*(\[.*?\])", stores)
+    assert allowed, "MLflow's chart values set no serverAllowedHosts"
+    patterns = json.loads(allowed.group(1).replace("${var.namespace}", namespace))
+    assert any(fnmatch(mlflow.netloc, p) for p in patterns), f"MLflow would refuse Host {mlflow.netloc}"
+
+    calls = top.merged("module")
+
+    def after(name: str) -> set[str]:
+        direct = {
+            d.removeprefix("${").removesuffix("}").removeprefix("module.") for d in calls[name].get("depends_on", [])
+        }
+        return direct.union(*(after(d) for d in direct)) if direct else set()
+
+    assert "prefect" in after("stores") and "stores" not in after("prefect")
+    assert "secrets" in after("stores") & after("prefect") & after("serving")
+
+
+def test_the_example_secret_store_validates_and_is_the_store_terraform_names() -> None:
+    (example,) = (ROOT.parent / "examples").glob("*secret-store*.yaml")
+    store = yaml.safe_load(example.read_text())
+    assert problems(store) == []
+    assert {"kind": store["kind"], "name": store["metadata"]["name"]} == root().var("secret_store")
+    assert root().var("namespace") in store["spec"]["conditions"][0]["namespaces"]

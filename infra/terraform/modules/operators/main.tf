@@ -1,10 +1,12 @@
-# The three operators, each in its own namespace, at versions whose CRDs tests/infra validates against
-# (dask-kubernetes' from its wheel in uv.lock, KubeRay's and Strimzi's from tests/infra/crds.py).
+# The four operators, each in its own namespace, at versions whose CRDs tests/infra validates against
+# (dask-kubernetes' from its wheel in uv.lock, KubeRay's, Strimzi's and External Secrets' from
+# tests/infra/crds.py).
 
 locals {
   dask_operator_version = "2026.3.0"
   kuberay_version       = "1.6.2"
   strimzi_version       = "0.51.0"
+  eso_version           = "0.16.2"
 }
 
 resource "helm_release" "dask_operator" {
@@ -38,5 +40,19 @@ resource "helm_release" "strimzi_operator" {
   set = [
     # watch every namespace: Fusion's Kafka lives in var.namespace of the root module
     { name = "watchAnyNamespace", value = "true" },
+  ]
+}
+
+# makes Fusion's Secrets from your secret store (modules/secrets); installs its CRDs with the chart
+resource "helm_release" "external_secrets" {
+  name             = "external-secrets"
+  repository       = "https://charts.external-secrets.io"
+  chart            = "external-secrets"
+  version          = local.eso_version
+  namespace        = "external-secrets"
+  create_namespace = true
+  atomic           = true
+  set = [
+    { name = "installCRDs", value = "true" },
   ]
 }

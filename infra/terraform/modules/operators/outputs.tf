@@ -4,5 +4,6 @@ output "versions" {
     dask    = local.dask_operator_version
     kuberay = local.kuberay_version
     strimzi = local.strimzi_version
+    eso     = local.eso_version
   }
 }

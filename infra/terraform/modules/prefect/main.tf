@@ -33,11 +33,19 @@ resource "helm_release" "server" {
       resources = { requests = { cpu = "500m", memory = "1Gi" }, limits = { cpu = "1", memory = "2Gi" } }
       podLabels = { "app.kubernetes.io/part-of" = "fusion" }
     }
-    # the chart's PostgreSQL, with the credentials from the Secret your secret store makes
+    # the chart's PostgreSQL (MLflow's database too: modules/stores), with the credentials of the
+    # Secret modules/secrets makes: the server reads its `connection-string` key, PostgreSQL its
+    # `password` (user prefect) and `postgres-password` (the superuser the stores module's Job uses)
+    secret = { create = false } # else the chart writes a Secret of that name with a default password
     postgresql = {
       enabled = true
-      auth    = { existingSecret = var.postgres_secret, username = "prefect", database = "server" }
-      primary = { persistence = { enabled = true } }
+      auth = {
+        existingSecret     = var.postgres_secret
+        username           = "prefect"
+        database           = "server"
+        enablePostgresUser = true
+      }
+      primary = { persistence = { enabled = true, storageClass = var.storage_class } }
     }
   })]
 }

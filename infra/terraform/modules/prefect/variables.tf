@@ -8,8 +8,14 @@ variable "image" {
   type        = string
 }
 
+variable "storage_class" {
+  description = "storage class of PostgreSQL's volume; null: the cluster default"
+  type        = string
+  default     = null
+}
+
 variable "postgres_secret" {
-  description = "Secret with the PostgreSQL credentials (keys username, password)"
+  description = "Secret with the PostgreSQL credentials (keys username = prefect, password, postgres-password, connection-string)"
   type        = string
 }
 

@@ -70,7 +70,6 @@ resource "kubernetes_manifest" "redis_service" {
 }
 
 locals {
-  postgres_host   = "prefect-server-postgresql.${var.namespace}.svc"
   database_labels = { "app.kubernetes.io/name" = "mlflow-database", "app.kubernetes.io/part-of" = "fusion" }
   create_database = "psql -tAc \"SELECT 1 FROM pg_database WHERE datname = 'mlflow'\" | grep -q 1 || psql -c \"CREATE DATABASE mlflow OWNER \\\"$OWNER\\\"\""
   redis_labels    = { "app.kubernetes.io/name" = "redis", "app.kubernetes.io/part-of" = "fusion" }
@@ -112,7 +111,7 @@ resource "kubernetes_manifest" "mlflow_database" {
             image   = "postgres:17.6-alpine"
             command = ["sh", "-c", local.create_database]
             env = [
-              { name = "PGHOST", value = local.postgres_host },
+              { name = "PGHOST", value = var.postgres_host },
               # the chart's superuser creates the database, owned by the user MLflow connects as
               { name = "PGUSER", value = "postgres" },
               { name = "PGPASSWORD", valueFrom = { secretKeyRef = { name = var.postgres_secret, key = "postgres-password" } } },
@@ -141,12 +140,13 @@ resource "helm_release" "mlflow" {
   atomic     = true
   depends_on = [kubernetes_manifest.mlflow_database]
   values = [yamlencode({
-    image = { tag = "3.17.2" } # the MLflow of uv.lock
+    image      = { tag = "3.17.2" }                         # the MLflow of uv.lock
+    initImages = { mlflowDbMigration = { tag = "3.17.2" } } # the schema migrated by the same MLflow
     backendStore = {
       databaseMigration = true
       postgres = {
         enabled  = true
-        host     = local.postgres_host
+        host     = var.postgres_host
         port     = 5432
         database = "mlflow"
       }
@@ -161,9 +161,11 @@ resource "helm_release" "mlflow" {
         existingSecret = { name = var.secrets_env_secret, keyOfAccessKeyId = "AWS_ACCESS_KEY_ID", keyOfSecretAccessKey = "AWS_SECRET_ACCESS_KEY" }
       }
     }
-    extraEnvVars = var.s3_endpoint_url == null ? {} : { MLFLOW_S3_ENDPOINT_URL = var.s3_endpoint_url }
-    podLabels    = { "app.kubernetes.io/part-of" = "fusion", "fusion.io/object-store" = "true" }
-    resources    = { requests = { cpu = "250m", memory = "1Gi" }, limits = { cpu = "1", memory = "2Gi" } }
-    service      = { port = 5000 }
+    extraEnvVars   = var.s3_endpoint_url == null ? {} : { MLFLOW_S3_ENDPOINT_URL = var.s3_endpoint_url }
+    extraPodLabels = { "app.kubernetes.io/part-of" = "fusion", "fusion.io/object-store" = "true" }
+    # MLflow >= 3.5 answers 403 to a Host header that is not localhost or a private IP: its Service names
+    serverAllowedHosts = ["fusion-mlflow", "fusion-mlflow:*", "fusion-mlflow.${var.namespace}.svc", "fusion-mlflow.${var.namespace}.svc:*", "fusion-mlflow.${var.namespace}.svc.cluster.local:*"]
+    resources          = { requests = { cpu = "250m", memory = "1Gi" }, limits = { cpu = "1", memory = "2Gi" } }
+    service            = { port = 5000 }
   })]
 }

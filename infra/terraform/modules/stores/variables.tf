@@ -8,6 +8,11 @@ variable "storage_class" {
   type        = string
 }
 
+variable "postgres_host" {
+  description = "host of the PostgreSQL where MLflow's database is created (Prefect's chart's)"
+  type        = string
+}
+
 variable "postgres_secret" {
   description = "Secret with the PostgreSQL credentials MLflow uses (keys username, password)"
   type        = string

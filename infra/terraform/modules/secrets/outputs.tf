@@ -1,0 +1,4 @@
+output "names" {
+  description = "the Secrets the ExternalSecrets make"
+  value       = keys(var.secrets)
+}
