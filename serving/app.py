@@ -12,15 +12,20 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
+import socket
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from ray import serve
+from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
-from fusion.core.settings import Settings
+from fusion.core.settings import ServingConfig, Settings
 from serving.http import build_http_app
 from serving.model_server import ModelCore, ServingArgs
 
@@ -125,20 +130,64 @@ def build_app(args: ServingArgs | dict[str, Any]) -> serve.Application:
     config = args.serving
     plain = args.model_dump(mode="json")
     # One request's rows are few: OpenMP threads per model call cost more than they give, and spin
-    # on the cores the other replicas need. Replicas, not threads, scale the model out.
-    threads = {"OMP_NUM_THREADS": str(config.model_threads), "MKL_NUM_THREADS": str(config.model_threads)}
+    # on the cores the other replicas need; so do Polars' (typing a request is many tiny frames:
+    # ~5-10% more requests a second with one thread, docs/BENCHMARKS.md). Replicas, not threads,
+    # scale the model out.
+    threads = {name: str(config.model_threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "POLARS_MAX_THREADS")}
     options = {"num_cpus": config.replica_cpus, "runtime_env": {"env_vars": threads}}
     scaling: dict[str, Any] = (
         {"autoscaling_config": config.autoscaling.model_dump()}
         if config.autoscaling
         else {"num_replicas": config.replicas}
     )
+    # Past max_ongoing + max_queued requests a replica answers 503 with Retry-After at once, instead of
+    # letting every client wait behind a queue it cannot drain (docs/BENCHMARKS.md, overload).
+    backpressure = BackpressureConfig(status_code=503, retry_after_s=config.retry_after_s)
     return ModelServer.options(  # type: ignore[attr-defined]
-        ray_actor_options=options, max_ongoing_requests=config.max_ongoing_requests, **scaling
+        ray_actor_options=options,
+        max_ongoing_requests=config.max_ongoing_requests,
+        max_queued_requests=config.max_queued_requests,
+        backpressure_config=backpressure,
+        **scaling,
     ).bind(plain)
 
 
-def start_ray() -> None:
+def ingress_environment(config: ServingConfig) -> dict[str, str]:
+    """Ray Serve's settings for the chosen ingress, read by its processes at start (so set before Ray).
+
+    direct: every replica serves HTTP on a port of its own and HAProxy, which Ray runs, balances
+    `serving.port` over them (least connections): the request skips Serve's Python proxy and its
+    gRPC hop to the replica, about half of each request's CPU (docs/BENCHMARKS.md). HAProxy's
+    files and side ports are this process's own, so two servers on one machine do not collide.
+    proxy: Serve's Python proxy, calling replicas over gRPC (~1.4x actor calls on two cores)."""
+    if config.ingress == "proxy":
+        return {
+            "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+            "RAY_SERVE_ENABLE_HA_PROXY": "0",
+            "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+        }
+    # short: Ray adds a 56-character folder, and HAProxy refuses socket paths over 97 characters
+    state = Path(tempfile.mkdtemp(prefix="fh", dir="/tmp" if Path("/tmp").is_dir() else None))
+    return {
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(state / "metrics.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state"),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port(config.host)),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port(config.host)),
+    }
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def start_ray(config: ServingConfig) -> None:
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # 2.60 turns token auth on for new local clusters
@@ -148,9 +197,7 @@ def start_ray() -> None:
     # on a thread of its own): one thread hop less per call, measured in docs/BENCHMARKS.md.
     os.environ.setdefault("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "0")
     os.environ.setdefault("RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP", "0")
-    # Proxy -> replica calls over gRPC instead of Ray actor calls: ~1.4x the requests per second on
-    # two cores (docs/BENCHMARKS.md).
-    os.environ.setdefault("RAY_SERVE_USE_GRPC_BY_DEFAULT", "1")
+    os.environ.update(ingress_environment(config))  # the config decides, also for a second start
     if not ray.is_initialized():
         ray.init(
             num_cpus=os.cpu_count() or 2,
@@ -164,8 +211,8 @@ def start_ray() -> None:
 
 def start_serving(settings: Settings) -> DeploymentHandle:
     """Ray, Serve's proxy and the app; returns once every replica is up (ready or waiting for a champion)."""
-    start_ray()
     config = settings.serving
+    start_ray(config)
     serve.start(http_options={"host": config.host, "port": config.port}, logging_config=QUIET)
     return serve.run(build_app(serving_args(settings)), name=APP_NAME, route_prefix="/", logging_config=QUIET)
 
@@ -175,6 +222,9 @@ def stop_serving() -> None:
 
     serve.shutdown()
     ray.shutdown()
+    state = os.environ.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" and state:
+        shutil.rmtree(state, ignore_errors=True)  # HAProxy's files of this server (ingress_environment)
 
 
 def serve_forever(settings: Settings) -> None:

@@ -29,6 +29,11 @@ from serving.predictor import LoadedModel, ModelVersion, champion
 from tasks.online_store import load_into_redis, namespace, read_snapshot
 
 log = logging.getLogger("fusion.serving")
+# Work on at most this many rows (typing and the cache lookup, the model call, the cache write) runs on
+# the replica's event loop; larger requests go to a worker thread and leave the loop free. A hop to a
+# thread and back costs more than a few rows' work: under load each one waits for the GIL twice, and on
+# two cores that made a cache miss cost ~2x the CPU of a hit (docs/BENCHMARKS.md, serving profile).
+INLINE_ROWS = 64
 
 
 class ServingArgs(BaseModel):
@@ -168,7 +173,10 @@ class ModelCore:
         """Model-input rows (the signature's columns) -> probabilities; `model`: the version the rows were
         typed for (default: the one loaded now)."""
         model = model or self.require_model()
-        prepared = await asyncio.to_thread(self._prepare_frame, model, frame)
+        if frame.height <= INLINE_ROWS:
+            prepared = self._prepare_frame(model, frame)
+        else:
+            prepared = await asyncio.to_thread(self._prepare_frame, model, frame)
         return await self._finish(model, "features", *prepared)
 
     def _prepare_records(
@@ -212,7 +220,9 @@ class ModelCore:
             for i, p in zip(missing, computed.tolist(), strict=True):
                 predictions[i] = p
                 fresh[keys[i]] = p
-            if self.redis is not None:
+            if self.redis is not None and len(fresh) <= INLINE_ROWS:
+                self.cache.put(fresh)  # one pipelined write, bounded by redis_timeout_ms and the breaker
+            elif self.redis is not None:
                 asyncio.get_running_loop().run_in_executor(None, self.cache.put, fresh)
         self.metrics.rows.labels(kind).inc(len(predictions))
         self.metrics.hits.inc(hits)
@@ -240,7 +250,10 @@ class ModelCore:
             frames = [items[i][1] for i in indexes]
             merged = pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
             self.metrics.batch_rows.observe(merged.height)
-            predicted = await asyncio.to_thread(model.predict, merged)
+            if merged.height <= INLINE_ROWS:
+                predicted = model.predict(merged)
+            else:
+                predicted = await asyncio.to_thread(model.predict, merged)
             offsets = np.cumsum([f.height for f in frames])[:-1]
             for i, part in zip(indexes, np.split(predicted, offsets), strict=True):
                 out[i] = part

@@ -395,7 +395,16 @@ class ServingConfig(Frozen):
     model_threads: int = Field(1, ge=1, description="OpenMP/MKL threads per model replica (OMP_NUM_THREADS)")
     max_batch_size: int = Field(32, ge=1, description="@serve.batch: rows' requests merged into one model call")
     batch_wait_timeout_ms: float = Field(2.0, ge=0)
-    max_ongoing_requests: int = Field(64, ge=1, description="per replica")
+    ingress: Literal["direct", "proxy"] = Field(
+        "direct",
+        description="direct: HAProxy (bundled with Ray) in front of each replica's own HTTP server, no Python "
+        "proxy hop; proxy: Ray Serve's Python proxy (docs/BENCHMARKS.md measures both)",
+    )
+    max_ongoing_requests: int = Field(32, ge=1, description="requests a replica works on at once")
+    max_queued_requests: int = Field(
+        32, ge=-1, description="requests a replica holds waiting beyond those; more are answered 503 (-1: no limit)"
+    )
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After of a 503 for a full queue")
     max_records: int = Field(1000, ge=1, description="rows per request")
     max_body_bytes: int = Field(1_048_576, ge=1, description="larger request bodies are answered 413")
     cache_ttl_s: int = Field(600, ge=1, description="prediction cache entry lifetime in Redis")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -112,3 +114,22 @@ def test_serving_reads_an_env_reference_for_redis_in_the_replica(monkeypatch: py
     with pytest.raises(RuntimeError, match="TEST_REDIS is not set"):
         args.resolved_redis_url()
     assert ServingArgs(model_name="m", record_fields={}, tracking_uri="x", lake_uri="y").resolved_redis_url() is None
+
+
+def test_ingress_environment_keeps_haproxys_paths_short_and_its_ports_its_own() -> None:
+    from fusion.core.settings import ServingConfig
+    from serving.app import ingress_environment
+
+    proxy = ingress_environment(ServingConfig(ingress="proxy"))
+    assert proxy["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "0" and proxy["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+    first, second = (ingress_environment(ServingConfig()) for _ in range(2))
+    for made in (first, second):
+        shutil.rmtree(made["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
+    assert first["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1" and first["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    for name in ("RAY_SERVE_HAPROXY_SOCKET_PATH", "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"):
+        # Ray puts its files in a 56-character folder under the state base; HAProxy takes 97 at most
+        socket = Path(first[name])
+        assert len(str(socket.parent / ("x" * 56) / socket.name)) <= 97, socket
+    assert first["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] != second["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
+    ports = {first["RAY_SERVE_HAPROXY_METRICS_PORT"], first["RAY_SERVE_HAPROXY_STATS_PORT"]}
+    assert len(ports) == 2 and not ports & {"9101", "8404"}  # not HAProxy's fixed defaults

@@ -141,14 +141,17 @@ def test_v1_predict_computes_the_training_features_from_raw_records(served: Serv
     assert len(feature_names(dataset.features)) == len(model.metadata.get_input_schema().inputs)
 
 
-def test_second_identical_request_is_answered_from_the_cache(served: Served) -> None:
+def test_second_identical_request_is_answered_from_the_cache_without_the_model(served: Served) -> None:
     rows = feature_rows(served, 5)
     payload = {"dataframe_split": {"columns": rows.columns, "data": json_rows(rows)}}
     first = httpx.post(f"{served.url}/invocations", json=payload, timeout=30).json()
-    before = metric(served, "fusion_serving_cache_hits_total")
+    names = ("fusion_serving_cache_hits_total", "fusion_serving_cache_misses_total", "fusion_serving_batch_rows_count")
+    hits, misses, model_calls = (metric(served, n) for n in names)
     second = httpx.post(f"{served.url}/invocations", json=payload, timeout=30).json()
     assert second == first
-    assert metric(served, "fusion_serving_cache_hits_total") - before == 5
+    assert metric(served, names[0]) - hits == 5
+    # the hit path ends before the model stage: no row computed, no model call (batch) made
+    assert metric(served, names[1]) == misses and metric(served, names[2]) == model_calls
 
 
 def test_metrics_count_every_replicas_requests(served: Served) -> None:

@@ -240,3 +240,51 @@ def test_a_promotion_event_switches_the_version_before_any_poll(served: Served, 
     finally:
         client.set_registered_model_alias(MODEL, "champion", old)
         wait_for_version(served.url, old)
+
+
+def test_a_full_queue_is_answered_503_with_retry_after_and_the_rest_are_served(served: Served) -> None:
+    """One replica that works on one request and holds one more: a burst of large requests gets 503s
+    with Retry-After at once for what does not fit, every other request its predictions, nothing else."""
+    import asyncio
+
+    import aiohttp
+    from ray import serve
+
+    from fusion.core.settings import with_overrides
+    from serving.app import build_app, serving_args
+
+    settings_ = with_overrides(
+        served.settings,
+        {
+            "serving": {
+                "replicas": 1,
+                "poll_s": 3600,
+                "max_ongoing_requests": 1,
+                "max_queued_requests": 1,
+                "retry_after_s": 2,
+            }
+        },
+    )
+    serve.run(build_app(serving_args(settings_)), name="fusion-overload", route_prefix="/overload")
+    rows = feature_rows(served, 1000)
+    body = {"dataframe_split": {"columns": rows.columns, "data": json_rows(rows)}}
+    url = f"{served.url}/overload/invocations"
+
+    async def burst(n: int) -> list[tuple[int, str | None, int]]:
+        async with aiohttp.ClientSession() as session:
+
+            async def one() -> tuple[int, str | None, int]:
+                async with session.post(url, json=body) as response:
+                    predictions = (await response.json())["predictions"] if response.status == 200 else []
+                    return response.status, response.headers.get("Retry-After"), len(predictions)
+
+            return await asyncio.gather(*(one() for _ in range(n)))
+
+    try:
+        answers = asyncio.run(burst(24))
+    finally:
+        serve.delete("fusion-overload")
+    statuses = sorted({status for status, _, _ in answers})
+    assert statuses == [200, 503], answers
+    assert all(retry == "2" for status, retry, _ in answers if status == 503)
+    assert all(n == 1000 for status, _, n in answers if status == 200)
