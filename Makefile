@@ -112,7 +112,7 @@ bench-models: setup ## LightGBM vs torch MLP vs best (and a valid-tuned blend) o
 device-check: setup ## torch on CUDA and on CPU, same epochs: rows/s, test AUC, peak GPU memory (CPU part only without CUDA)
 	$(PY) -m benchmarks.models --device-check --write docs/BENCHMARKS.md
 
-bench-serving: setup ## Fusion (cache miss/hit) vs mlflow models serve vs uvicorn floor, 1/8/32 clients -> docs/BENCHMARKS.md
+bench-serving: setup ## Fusion (cache miss/hit/90% hits, direct and proxy ingress) vs mlflow models serve vs uvicorn floor, 1/8/32/64 clients, CPU per process -> docs/BENCHMARKS.md
 	$(PY) -m benchmarks.serving --write docs/BENCHMARKS.md
 
 mlflow-ui: setup ## MLflow UI on http://127.0.0.1:5000 over $FUSION_HOME/mlflow.db

@@ -1,17 +1,21 @@
-"""Serving benchmark: Fusion (cache miss, cache hit) vs `mlflow models serve` (the peer) vs a minimal
-uvicorn + FastAPI app calling the same model in-process (the floor).
+"""Serving benchmark: Fusion (cache miss, cache hit, a 90%-hit mix) through each ingress (`direct`:
+HAProxy to each replica's own HTTP server; `proxy`: Ray Serve's Python proxy) vs `mlflow models serve`
+(the peer) vs a minimal uvicorn + FastAPI app calling the same model in-process (the floor).
 
     python -m benchmarks.serving --write docs/BENCHMARKS.md     (what `make bench-serving` runs)
 
 One run: a pipeline run into a temporary FUSION_HOME registers the flights champion (the shipped
-config) and materializes its online features into Redis from infra/local; then every server is
-started on loopback against that one registry, and each is driven in turn, alone, by closed-loop
-aiohttp clients in this process (1, 8, 32 at once), one row per request, for a fixed time after a
-warm-up. Rows are the run's own feature rows in MLflow's `dataframe_split` format, the same rows in
-the same order for every server at a given concurrency; each concurrency level takes a fresh slice,
-so Fusion's cache-miss rows are never in the cache (the hits counted during those cells are
-reported). Cache hit: 64 rows sent once beforehand, then cycled. Fusion's `/v1/predict` (raw
-records: online features + model) is measured too, on raw flights rows.
+config) and materializes its online features into Redis from infra/local; the floor and the peers are
+started on loopback against that one registry, then Fusion with each ingress in turn (one Ray cluster
+up at a time); each server is driven alone by closed-loop aiohttp clients in this process (1, 8, 32,
+64 at once), one row per request, for a fixed time after a warm-up. Rows are the run's own feature
+rows in MLflow's `dataframe_split` format; every (ingress, concurrency) takes a fresh slice, so
+Fusion's cache-miss rows are never in the cache (the hits counted during those cells are reported).
+Cache hit: 64 rows sent once beforehand, then cycled; the mix sends one of them 9 times in 10.
+Fusion's `/v1/predict` (raw records: online features + model) is measured too, on raw flights rows.
+A 503 (a replica's queue full: `serving.max_queued_requests`) is counted apart from other errors.
+For Fusion's cells, the CPU each process group spent per answered request (psutil, user + system)
+is the profile: proxy or HAProxy, replicas, Serve's controller, the rest of Ray, Redis, the client.
 
 The load generator shares the machine's cores with the servers: every server pays for it alike.
 """
@@ -38,6 +42,7 @@ import aiohttp
 import httpx
 import numpy as np
 import polars as pl
+import psutil
 
 from benchmarks.pipeline import free_port, machine, write_section
 
@@ -47,7 +52,8 @@ BIN = Path(sys.executable).parent
 CONFIG = "configs/flights.yaml"
 MODEL = "flights_delay"
 REDIS_URL = f"redis://127.0.0.1:{os.environ.get('FUSION_REDIS_PORT', '6379')}/0"
-CLIENTS = (1, 8, 32)
+CLIENTS = (1, 8, 32, 64)
+INGRESSES = ("direct", "proxy")
 HOT_ROWS = 64
 FLOOR = "uvicorn + FastAPI in-process (floor)"
 
@@ -128,6 +134,7 @@ async def drive(
     started after the warm-up and finished before the end."""
     latencies: list[float] = []
     errors: list[str] = []
+    rejected: list[float] = []
     counter = iter(range(10**9))
     connector = aiohttp.TCPConnector(limit=clients, force_close=False)
     headers = {"Content-Type": "application/json"}
@@ -147,14 +154,18 @@ async def drive(
                 if t1 > end:
                     return
                 if t0 >= measure_from:
-                    latencies.append(t1 - t0)
-                    if status != 200:
+                    if status == 200:
+                        latencies.append(t1 - t0)
+                    elif status == 503:
+                        rejected.append(t1 - t0)
+                    else:
                         errors.append(f"{status}: {text[:200]!r}")
 
         await asyncio.gather(*(worker() for _ in range(clients)))
-    ms = np.asarray(latencies) * 1000
+    ms = np.asarray(latencies or [float("nan")]) * 1000
     return {
         "requests": len(latencies),
+        "rejected_503": len(rejected),
         "errors": len(errors),
         "first_error": errors[0] if errors else None,
         "rps": len(latencies) / seconds,
@@ -173,17 +184,115 @@ def counters(fusion_url: str) -> dict[str, float]:
     return found
 
 
+def component(process: psutil.Process) -> str | None:
+    """Which part of serving a process is (None: not serving's)."""
+    try:
+        name, command = process.name(), " ".join(process.cmdline()[:4])
+    except psutil.Error:
+        return None
+    if process.pid == os.getpid():
+        return "client"
+    for key, part in (
+        ("haproxy", "HAProxy"),
+        ("ServeReplica", "replicas"),
+        ("ProxyActor", "Serve proxy"),
+        ("ServeController", "Serve controller"),
+        ("redis-server", "Redis"),
+    ):
+        if key in name or key in command:
+            return part
+    if name in ("raylet", "gcs_server") or "ray::" in name or "/ray/" in command:
+        return "rest of Ray"
+    return None
+
+
+def cpu_seconds() -> dict[tuple[int, str], float]:
+    found = {}
+    for process in psutil.process_iter():
+        part = component(process)
+        if part is not None:
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            found[(process.pid, part)] = times.user + times.system
+    return found
+
+
+def cpu_ms_per_request(before: dict[tuple[int, str], float], answered: int) -> dict[str, float]:
+    spent: dict[str, float] = {}
+    for (pid, part), seconds in cpu_seconds().items():
+        spent[part] = spent.get(part, 0.0) + seconds - before.get((pid, part), 0.0)
+    return {part: 1000 * seconds / max(answered, 1) for part, seconds in sorted(spent.items())}
+
+
+def fusion_cells(
+    url: str,
+    ingress: str,
+    number: int,
+    columns: list[str],
+    data: list[tuple[Any, ...]],
+    records: list[dict[str, Any]],
+    seconds: float,
+    warmup_s: float,
+) -> list[dict[str, Any]]:
+    """Every cell of one Fusion server (its `number` among the ingresses picks fresh row slices)."""
+    hot = data[-HOT_ROWS:]
+    for row in hot:  # the cache-hit rows, cached once
+        httpx.post(
+            f"{url}/invocations",
+            content=split_body(columns, row),
+            timeout=30,
+            headers={"Content-Type": "application/json"},
+        ).raise_for_status()
+    slice_len = (len(data) - HOT_ROWS) // (len(CLIENTS) * len(INGRESSES))
+    cells: list[dict[str, Any]] = []
+    for level, clients in enumerate(CLIENTS):
+        offset = (number * len(CLIENTS) + level) * slice_len
+
+        def fresh(i: int, offset: int = offset) -> bytes:
+            return split_body(columns, data[offset + i % slice_len])
+
+        def cached(i: int) -> bytes:
+            return split_body(columns, hot[i % HOT_ROWS])
+
+        def mixed(i: int, offset: int = offset) -> bytes:
+            return split_body(columns, data[offset + i % slice_len] if i % 10 == 0 else hot[i % HOT_ROWS])
+
+        def record(i: int, offset: int = offset) -> bytes:
+            return json.dumps({"records": [records[(offset + i) % len(records)]]}).encode()
+
+        plan: list[tuple[str, str, Callable[[int], bytes]]] = [
+            (f"fusion {ingress}, cache miss", "/invocations", fresh),
+            (f"fusion {ingress}, cache hit", "/invocations", cached),
+        ]
+        if ingress == INGRESSES[0]:
+            plan += [
+                (f"fusion {ingress}, 90% hits", "/invocations", mixed),
+                (f"fusion {ingress} /v1/predict (raw records), cache miss", "/v1/predict", record),
+            ]
+        for system, path, body in plan:
+            before = counters(url)
+            cpu = cpu_seconds()
+            cell = asyncio.run(drive(url + path, body, clients, seconds, warmup_s))
+            answered = int(cell["requests"] * (seconds + warmup_s) / seconds)  # warm-up's CPU counted too
+            cell["cpu_ms"] = cpu_ms_per_request(cpu, answered)
+            after = counters(url)
+            cell["cache_hits"] = after["hits"] - before["hits"]
+            cell["cache_misses"] = after["misses"] - before["misses"]
+            cells.append({"system": system, "clients": clients, **cell})
+            print(json.dumps(cells[-1]), file=sys.stderr, flush=True)
+    return cells
+
+
 def measure(home: Path, seconds: float, warmup_s: float, mlflow_workers: list[int], replicas: int) -> dict[str, Any]:
     uri = f"sqlite:///{home / 'mlflow.db'}"
     env = {**os.environ, "FUSION_HOME": str(home), "FUSION_REDIS_URL": REDIS_URL, "PYTHONUNBUFFERED": "1"}
     env["PATH"] = f"{BIN}:{env.get('PATH', '')}"  # `mlflow models serve` execs `uvicorn` from PATH
     servers = Servers(home)
-    ports = {"fusion": free_port(), "floor": free_port()}
+    ports = {"floor": free_port()}
     urls = {k: f"http://127.0.0.1:{p}" for k, p in ports.items()}
     try:
-        fusion = [str(BIN / "fusion"), "serve", "--config", CONFIG, "--port", str(ports["fusion"])]
-        fusion_env = {**env, "FUSION_SERVING__REPLICAS": str(replicas)}
-        servers.start("fusion", fusion, fusion_env, f"{urls['fusion']}/v2/health/ready")
         floor_env = {**env, "FUSION_BENCH_TRACKING_URI": uri, "FUSION_BENCH_MODEL": MODEL}
         floor = [str(BIN / "python"), "-m", "uvicorn", "benchmarks.serving_floor:app", "--port", str(ports["floor"])]
         servers.start(
@@ -197,50 +306,39 @@ def measure(home: Path, seconds: float, warmup_s: float, mlflow_workers: list[in
             urls[name] = f"http://127.0.0.1:{port}"
             servers.start(name, peer, {**env, "MLFLOW_TRACKING_URI": uri}, f"{urls[name]}/ping")
 
-        rows = model_rows(home, urls["fusion"])
-        columns, data = rows.columns, rows.rows()
-        hot = data[-HOT_ROWS:]
-        openapi = httpx.get(f"{urls['fusion']}/openapi.json", timeout=30).json()
-        records = raw_records(home, list(openapi["components"]["schemas"]["Record"]["properties"]))
-        for row in hot:  # the cache-hit rows, cached once
-            httpx.post(
-                f"{urls['fusion']}/invocations",
-                content=split_body(columns, row),
-                timeout=30,
-                headers={"Content-Type": "application/json"},
-            ).raise_for_status()
-
-        slice_len = (len(data) - HOT_ROWS) // len(CLIENTS)
         cells: list[dict[str, Any]] = []
-        for level, clients in enumerate(CLIENTS):
-            offset = level * slice_len
+        columns: list[str] = []
+        data: list[tuple[Any, ...]] = []
+        records: list[dict[str, Any]] = []
+        for number, ingress in enumerate(INGRESSES):
+            port = free_port()  # a port of its own: the last server's may still be closing
+            urls["fusion"] = f"http://127.0.0.1:{port}"
+            fusion = [str(BIN / "fusion"), "serve", "--config", CONFIG, "--port", str(port)]
+            fusion_env = {**env, "FUSION_SERVING__REPLICAS": str(replicas), "FUSION_SERVING__INGRESS": ingress}
+            fusion_server = Servers(home)
+            fusion_server.start(f"fusion-{ingress}", fusion, fusion_env, f"{urls['fusion']}/v2/health/ready")
+            servers.startup_s.update(fusion_server.startup_s)
+            try:
+                if not columns:  # the same rows for both ingresses: one registry, one model
+                    rows = model_rows(home, urls["fusion"])
+                    columns, data = rows.columns, rows.rows()
+                    openapi = httpx.get(f"{urls['fusion']}/openapi.json", timeout=30).json()
+                    records = raw_records(home, list(openapi["components"]["schemas"]["Record"]["properties"]))
+                cells += fusion_cells(urls["fusion"], ingress, number, columns, data, records, seconds, warmup_s)
+            finally:
+                fusion_server.stop()
 
-            def fresh(i: int, offset: int = offset) -> bytes:
-                return split_body(columns, data[offset + i % slice_len])
+        for clients in CLIENTS:
+            offset = clients * 97  # any rows: the peers and the floor cache nothing
 
-            def cached(i: int) -> bytes:
-                return split_body(columns, hot[i % HOT_ROWS])
+            def plain(i: int, offset: int = offset) -> bytes:
+                return split_body(columns, data[(offset + i) % len(data)])
 
-            def record(i: int, offset: int = offset) -> bytes:
-                return json.dumps({"records": [records[(offset + i) % len(records)]]}).encode()
-
-            plan: list[tuple[str, str, Callable[[int], bytes]]] = [
-                ("fusion, cache miss", f"{urls['fusion']}/invocations", fresh),
-                ("fusion, cache hit", f"{urls['fusion']}/invocations", cached),
-                ("fusion /v1/predict (raw records), cache miss", f"{urls['fusion']}/v1/predict", record),
-                *[
-                    (f"mlflow models serve -w {w} (peer)", f"{urls[f'mlflow-w{w}']}/invocations", fresh)
-                    for w in mlflow_workers
-                ],
-                (FLOOR, f"{urls['floor']}/invocations", fresh),
+            peers = [
+                (f"mlflow models serve -w {w} (peer)", f"{urls[f'mlflow-w{w}']}/invocations") for w in mlflow_workers
             ]
-            for system, url, body in plan:
-                before = counters(urls["fusion"]) if system.startswith("fusion") else None
-                cell = asyncio.run(drive(url, body, clients, seconds, warmup_s))
-                if before is not None:
-                    after = counters(urls["fusion"])
-                    cell["cache_hits"] = after["hits"] - before["hits"]
-                    cell["cache_misses"] = after["misses"] - before["misses"]
+            for system, url in [*peers, (FLOOR, f"{urls['floor']}/invocations")]:
+                cell = asyncio.run(drive(url, plain, clients, seconds, warmup_s))
                 cells.append({"system": system, "clients": clients, **cell})
                 print(json.dumps(cells[-1]), file=sys.stderr, flush=True)
         return {"cells": cells, "startup_s": servers.startup_s, "features": len(columns)}
@@ -254,9 +352,9 @@ def report(results: dict[str, Any]) -> str:
     def cell(system: str, clients: int) -> dict[str, Any]:
         return next(c for c in cells if c["system"] == system and c["clients"] == clients)
 
+    best = INGRESSES[0]
+    miss, hit, mix = (f"fusion {best}, cache miss", f"fusion {best}, cache hit", f"fusion {best}, 90% hits")
     peer = next(c["system"] for c in cells if c["system"].startswith("mlflow models serve -w 1"))
-    miss32, peer32 = cell("fusion, cache miss", 32), cell(peer, 32)
-    hit8, miss8 = cell("fusion, cache hit", 8), cell("fusion, cache miss", 8)
     lines = [
         "## Serving (`make bench-serving`)",
         "",
@@ -264,36 +362,76 @@ def report(results: dict[str, Any]) -> str:
         f"Command: `{results['command']}`. Model: the shipped flights config's champion "
         f"(LightGBM, {results['features']} inputs), registered by a pipeline run in the same benchmark run. "
         f"Fusion: `fusion serve` with {results['replicas']} replicas (`serving.replicas`), the rest of the "
-        "`serving` section as shipped (batches of up to 32, 2 ms wait, one OpenMP thread per replica); "
+        "`serving` section as shipped (batches of up to 32, 2 ms wait, one OpenMP and Polars thread per "
+        "replica, 32 requests worked on and 32 queued per replica, then 503), through each ingress "
+        "(`serving.ingress`: `direct`, the default, HAProxy to each replica's own HTTP server; `proxy`, Ray "
+        "Serve's Python proxy), one Ray cluster up at a time; "
         "`mlflow models serve --env-manager local` with 1 and 2 uvicorn workers. "
         f"One row per request, {results['seconds']:.0f} s per cell after {results['warmup_s']:.0f} s of warm-up, "
-        "closed-loop aiohttp clients on the same 2 cores as the servers. Every server is up for the whole run "
-        "and driven alone in turn.",
+        "closed-loop aiohttp clients on the same 2 cores as the servers; each server driven alone. "
+        "req/s counts answered (200) requests; 503s are counted apart.",
         "",
-        "| server | clients | req/s | p50 ms | p99 ms | errors | cache hits / misses |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| server | clients | req/s | p50 ms | p99 ms | 503s | errors | cache hits / misses |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in cells:
         hits = f"{c['cache_hits']:.0f} / {c['cache_misses']:.0f}" if "cache_hits" in c else ""
         lines.append(
             f"| {c['system']} | {c['clients']} | {c['rps']:.0f} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} "
-            f"| {c['errors']} | {hits} |"
+            f"| {c['rejected_503']} | {c['errors']} | {hits} |"
         )
-    ratio = miss32["rps"] / peer32["rps"]
-    hit_ratio = cell("fusion, cache hit", 1)["p50_ms"] / cell("fusion, cache miss", 1)["p50_ms"]
+    parts = sorted({k for c in cells for k in c.get("cpu_ms", {})})
     lines += [
         "",
-        "Targets (issue 4):",
-        f"- 32 clients, Fusion cache-miss throughput vs `{peer}`: **{ratio:.2f}x** "
-        f"({miss32['rps']:.0f} vs {peer32['rps']:.0f} req/s; target ≥ 1.5x) — "
-        f"{'met' if ratio >= 1.5 else 'NOT met'}.",
-        f"- Cache-hit p50 / cache-miss p50 at 1 client: **{hit_ratio:.2f}** "
-        f"({cell('fusion, cache hit', 1)['p50_ms']:.1f} vs {cell('fusion, cache miss', 1)['p50_ms']:.1f} ms; "
-        f"target ≤ 0.5) — {'met' if hit_ratio <= 0.5 else 'NOT met'}; at 8 clients "
-        f"{hit8['p50_ms'] / miss8['p50_ms']:.2f}.",
-        f"- p99 at 8 clients ≤ 25 ms: Fusion cache miss **{miss8['p99_ms']:.1f} ms**, cache hit "
-        f"{hit8['p99_ms']:.1f} ms — {'met' if max(miss8['p99_ms'], hit8['p99_ms']) <= 25 else 'NOT met'}; "
-        f"the floor's p99 at 8 clients is {cell(FLOOR, 8)['p99_ms']:.1f} ms on the same machine.",
+        "Where each request's CPU goes (ms of CPU per answered request, user + system, by process group; "
+        "`client` is the load generator):",
+        "",
+        "| server | clients | " + " | ".join(parts) + " | total |",
+        "|---|---:|" + "---:|" * (len(parts) + 1),
+    ]
+    for c in cells:
+        if "cpu_ms" in c and c["clients"] in (8, 32):
+            values = [c["cpu_ms"].get(k, 0.0) for k in parts]
+            row = " | ".join(f"{v:.2f}" for v in values)
+            lines.append(f"| {c['system']} | {c['clients']} | {row} | {sum(values):.2f} |")
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b else float("nan")
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    floor = {n: cell(FLOOR, n) for n in CLIENTS}
+    miss_ratios = {n: ratio(cell(miss, n)["rps"], floor[n]["rps"]) for n in (8, 32)}
+    hit_ratios = {n: ratio(cell(hit, n)["rps"], floor[n]["rps"]) for n in (8, 32)}
+    p50 = {n: ratio(cell(hit, n)["p50_ms"], cell(miss, n)["p50_ms"]) for n in (1, 8)}
+    drops = []
+    for system in (miss, hit, mix):
+        for n in (32, 64):
+            before = max(cell(system, m)["rps"] for m in CLIENTS if m < n)
+            drops.append((system, n, ratio(cell(system, n)["rps"], before)))
+    p99 = ratio(cell(miss, 8)["p99_ms"], floor[8]["p99_ms"])
+    proxy = {n: ratio(cell(miss, n)["rps"], cell(f"fusion {INGRESSES[1]}, cache miss", n)["rps"]) for n in (8, 32)}
+    worst = min(drops, key=lambda d: d[2])
+    lines += [
+        "",
+        f"Targets (issue 20; ratios within this run, `{best}` ingress):",
+        "- Cache miss ≥ 0.5x the floor's req/s at 8 and 32 clients: "
+        + ", ".join(f"**{miss_ratios[n]:.2f}x** at {n}" for n in (8, 32))
+        + f" — {verdict(min(miss_ratios.values()) >= 0.5)}.",
+        "- Cache hit ≥ 0.8x the floor: "
+        + ", ".join(f"**{hit_ratios[n]:.2f}x** at {n}" for n in (8, 32))
+        + f" — {verdict(min(hit_ratios.values()) >= 0.8)}.",
+        "- Cache-hit p50 ≤ 0.5x cache-miss p50 at 1 and 8 clients: "
+        + ", ".join(f"**{p50[n]:.2f}** at {n}" for n in (1, 8))
+        + f" — {verdict(max(p50.values()) <= 0.5)}.",
+        "- No throughput drop past saturation (req/s at 32 and 64 clients vs the best at fewer, 10% noise "
+        f"allowed): lowest **{worst[2]:.2f}x** ({worst[0]}, {worst[1]} clients) — {verdict(worst[2] >= 0.9)}.",
+        f"- p99 at 8 clients ≤ 2x the floor's: **{p99:.2f}x** ({cell(miss, 8)['p99_ms']:.1f} vs "
+        f"{floor[8]['p99_ms']:.1f} ms) — {verdict(p99 <= 2)}.",
+        f"- `{best}` vs `{INGRESSES[1]}` ingress, cache miss: "
+        + ", ".join(f"**{proxy[n]:.2f}x** at {n}" for n in (8, 32))
+        + f"; vs `{peer}` at 32 clients: **{ratio(cell(miss, 32)['rps'], cell(peer, 32)['rps']):.2f}x**.",
         "",
         "Start to ready (s): " + ", ".join(f"{k} {v:.1f}" for k, v in results["startup_s"].items()) + ".",
     ]
