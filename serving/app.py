@@ -157,8 +157,9 @@ def ingress_environment(config: ServingConfig) -> dict[str, str]:
 
     direct: every replica serves HTTP on a port of its own and HAProxy, which Ray runs, balances
     `serving.port` over them (least connections): the request skips Serve's Python proxy and its
-    gRPC hop to the replica, about half of each request's CPU (docs/BENCHMARKS.md). HAProxy's
-    files and side ports are this process's own, so two servers on one machine do not collide.
+    gRPC hop to the replica, most of the proxy path's CPU (docs/BENCHMARKS.md). HAProxy's files,
+    side ports and the replicas' ports are this server's own, so two servers on one machine do not
+    collide.
     proxy: Serve's Python proxy, calling replicas over gRPC (~1.4x actor calls on two cores)."""
     if config.ingress == "proxy":
         return {
@@ -168,7 +169,18 @@ def ingress_environment(config: ServingConfig) -> dict[str, str]:
         }
     # short: Ray adds a 56-character folder, and HAProxy refuses socket paths over 97 characters
     state = Path(tempfile.mkdtemp(prefix="fh", dir="/tmp" if Path("/tmp").is_dir() else None))
+    # Replicas listen with SO_REUSEPORT: two servers on one machine given the same ports (Ray's default
+    # range is one for all) would silently share them, the kernel handing one server's requests to
+    # the other's replicas. Each server takes a block of ports nobody listens on, sized for its
+    # replicas and their replacements (Ray holds a released port back for a while).
+    most = config.autoscaling.max_replicas if config.autoscaling else config.replicas
+    size = 4 * most + 16
+    http, grpc = free_block(30000, 32767, size), free_block(28000, 29999, size)
     return {
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http + size - 1),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc + size - 1),
         "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
@@ -176,9 +188,31 @@ def ingress_environment(config: ServingConfig) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(state / "metrics.sock"),
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state"),
+        # HAProxy's backup when no replica is up: Serve's proxy, at fixed ports 8500/9500 by default,
+        # where a second server's HAProxy would reach the first server's proxy (seen in the tests)
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port(config.host)),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port(config.host)),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port(config.host)),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port(config.host)),
     }
+
+
+def free_block(low: int, high: int, size: int) -> int:
+    """The first port of `size` consecutive ports in [low, high] that no socket listens on (below
+    Linux's ephemeral range, so outgoing connections do not take them meanwhile)."""
+    for start in range(low, high - size + 2, size):
+        if all(port_unused(port) for port in range(start, start + size)):
+            return start
+    raise RuntimeError(f"serving: no {size} consecutive free ports in {low}-{high} for the replicas")
+
+
+def port_unused(port: int) -> bool:
+    with socket.socket() as s:  # without SO_REUSEPORT: a port another server shares that way fails too
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+        return True
 
 
 def free_port(host: str) -> int:

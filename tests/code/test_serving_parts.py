@@ -131,5 +131,33 @@ def test_ingress_environment_keeps_haproxys_paths_short_and_its_ports_its_own() 
         socket = Path(first[name])
         assert len(str(socket.parent / ("x" * 56) / socket.name)) <= 97, socket
     assert first["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] != second["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
-    ports = {first["RAY_SERVE_HAPROXY_METRICS_PORT"], first["RAY_SERVE_HAPROXY_STATS_PORT"]}
-    assert len(ports) == 2 and not ports & {"9101", "8404"}  # not HAProxy's fixed defaults
+    ports = {
+        first[f"RAY_SERVE_{name}_PORT"]
+        for name in ("HAPROXY_METRICS", "HAPROXY_STATS", "FALLBACK_PROXY_HTTP", "FALLBACK_PROXY_GRPC")
+    }
+    assert len(ports) == 4 and not ports & {"9101", "8404", "8500", "9500"}  # not Ray's fixed defaults
+
+
+def test_a_second_server_gets_replica_ports_nobody_listens_on() -> None:
+    """Replicas listen with SO_REUSEPORT: a second server given ports the first one's replicas hold
+    would share them silently. Here a listener like a replica's holds the first block's first port."""
+    import socket
+
+    from fusion.core.settings import ServingConfig
+    from serving.app import ingress_environment
+
+    first = ingress_environment(ServingConfig(replicas=2))
+    shutil.rmtree(first["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
+    low, high = (
+        int(first["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]),
+        int(first["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]),
+    )
+    assert high - low + 1 >= 4 * 2 and low >= 30000 and high < 32768  # below the ephemeral ports
+    with socket.socket() as replica:
+        replica.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        replica.bind(("0.0.0.0", low))
+        replica.listen()
+        second = ingress_environment(ServingConfig(replicas=2))
+        shutil.rmtree(second["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
+    assert int(second["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]) > high
+    assert second["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"] != second["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]
