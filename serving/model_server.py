@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
@@ -29,11 +30,17 @@ from serving.predictor import LoadedModel, ModelVersion, champion
 from tasks.online_store import load_into_redis, namespace, read_snapshot
 
 log = logging.getLogger("fusion.serving")
+T = TypeVar("T")
 # Work on at most this many rows (typing and the cache lookup, the model call, the cache write) runs on
 # the replica's event loop; larger requests go to a worker thread and leave the loop free. A hop to a
 # thread and back costs more than a few rows' work: under load each one waits for the GIL twice, and on
 # two cores that made a cache miss cost ~2x the CPU of a hit (docs/BENCHMARKS.md, serving profile).
 INLINE_ROWS = 64
+
+
+async def near(rows: int, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` on the event loop for at most INLINE_ROWS rows, else in a worker thread."""
+    return fn(*args) if rows <= INLINE_ROWS else await asyncio.to_thread(fn, *args)
 
 
 class ServingArgs(BaseModel):
@@ -173,10 +180,7 @@ class ModelCore:
         """Model-input rows (the signature's columns) -> probabilities; `model`: the version the rows were
         typed for (default: the one loaded now)."""
         model = model or self.require_model()
-        if frame.height <= INLINE_ROWS:
-            prepared = self._prepare_frame(model, frame)
-        else:
-            prepared = await asyncio.to_thread(self._prepare_frame, model, frame)
+        prepared = await near(frame.height, self._prepare_frame, model, frame)
         return await self._finish(model, "features", *prepared)
 
     def _prepare_records(
@@ -250,10 +254,7 @@ class ModelCore:
             frames = [items[i][1] for i in indexes]
             merged = pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
             self.metrics.batch_rows.observe(merged.height)
-            if merged.height <= INLINE_ROWS:
-                predicted = model.predict(merged)
-            else:
-                predicted = await asyncio.to_thread(model.predict, merged)
+            predicted = await near(merged.height, model.predict, merged)
             offsets = np.cumsum([f.height for f in frames])[:-1]
             for i, part in zip(indexes, np.split(predicted, offsets), strict=True):
                 out[i] = part

@@ -81,7 +81,6 @@ FUNCTIONS: dict[str, Any] = {
     "yamlencode": lambda v: yaml.safe_dump(v, sort_keys=False),
     "length": len,
     "trimprefix": lambda s, p: s.removeprefix(p),
-    "keys": sorted,
 }
 
 

@@ -6,8 +6,6 @@ annotation on the resource with its reason; a failure without one fails here."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +13,8 @@ import yaml
 
 from fusion.core.settings import KubernetesDaskConfig
 from tasks.kube_spec import dask_cluster, gpu_worker_group
-from tests.conftest import REPO
 from tests.infra.test_terraform import INPUTS, MODULES, base_job_template, fill, root
+from tests.infra.tools import uv_tool
 
 CHECKOV = "checkov==3.3.30"
 
@@ -62,27 +60,16 @@ def test_checkov_passes_every_pod_fusion_ships(tmp_path: Path) -> None:
         (tmp_path / f"{i:02d}-{resource['kind']}-{resource['metadata']['name']}.yaml").write_text(
             yaml.safe_dump(resource)
         )
-    uv = shutil.which("uv") or str(REPO / ".tools" / "bin" / "uv")
-    done = subprocess.run(
-        [
-            uv,
-            "tool",
-            "run",
-            "--from",
-            CHECKOV,
-            "checkov",
-            "-d",
-            str(tmp_path),
-            "--framework",
-            "kubernetes",
-            "--skip-download",  # no policy download from Prisma Cloud: the checks in the package
-            "-o",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    done = uv_tool(
+        CHECKOV,
+        "checkov",
+        "-d",
+        str(tmp_path),
+        "--framework",
+        "kubernetes",
+        "--skip-download",  # no policy download from Prisma Cloud: the checks in the package
+        "-o",
+        "json",
     )
     report = json.loads(done.stdout)
     report = report[0] if isinstance(report, list) else report

