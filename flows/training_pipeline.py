@@ -15,7 +15,6 @@ from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
 from fusion.core.errors import ConfigError, FusionError, RunFailed
-from fusion.core.events import new_traceparent
 from fusion.core.lake import Lake
 from fusion.core.settings import DEFAULT_CONFIG, DaskConfig, Settings, WorkerEnvironment, load_settings, with_overrides
 from fusion.core.summary import RunSummary
@@ -82,34 +81,36 @@ def training_pipeline(
     settings = settings or with_overrides(load_settings(config), overrides, source_uri)
     dataset, home = settings.dataset, str(settings.resolved_home)
     lake, registry = Lake(settings.resolved_lake_uri), settings.resolved_mlflow_uri
-    run = PipelineRun(settings, traceparent or new_traceparent(), str(flow_run.id) if flow_run.id else None)
-    try:
-        suites = run.check("config", checked_suites, settings)
-        fingerprints = run.stage("fingerprint", stages.fingerprint_sources, dataset.source)
-        batch = run.stage("ingest", stages.ingest, dataset.name, dataset.source, fingerprints, lake)
-        run.ingested(batch, dataset.source.primary)
-        valid = run.stage(
-            "validate", stages.validate, batch, suites, dataset.validation, dataset.source.primary, lake, home
-        )
-        run.validated(valid)
-        features = run.stage("features", stages.build_feature_table, valid, dataset, lake)
-        run.featured(features)
-        trained = run.stage("train", stages.train, features, dataset, lake, settings.pipeline.dask.threads_per_worker)
-        run.trained(trained)
-        evaluation = run.stage("evaluate", stages.evaluate, trained, features, dataset, lake)
-        run.evaluated(evaluation)
-        report = {"validation_report.json": valid.report_uri}
-        registration = run.stage(
-            "register", stages.register, trained, evaluation, features, dataset, lake, report, registry
-        )
-        run.registered(registration, evaluation)
-        decision = run.stage("promote", stages.promote, registration, evaluation, features, dataset, lake, registry)
-        run.decided(decision, registration, evaluation)
-        online = run.stage("online-features", stages.materialize_online, valid, dataset, lake, settings.redis_url)
-        run.materialized(online)
-    except FusionError as exc:
-        raise run.failed(exc) from exc
-    return run.finish()
+    with PipelineRun(settings, traceparent, str(flow_run.id) if flow_run.id else None) as run:
+        try:
+            suites = run.check("config", checked_suites, settings)
+            fingerprints = run.stage("fingerprint", stages.fingerprint_sources, dataset.source)
+            batch = run.stage("ingest", stages.ingest, dataset.name, dataset.source, fingerprints, lake)
+            run.ingested(batch, dataset.source.primary)
+            valid = run.stage(
+                "validate", stages.validate, batch, suites, dataset.validation, dataset.source.primary, lake, home
+            )
+            run.validated(valid)
+            features = run.stage("features", stages.build_feature_table, valid, dataset, lake)
+            run.featured(features)
+            trained = run.stage(
+                "train", stages.train, features, dataset, lake, settings.pipeline.dask.threads_per_worker
+            )
+            run.trained(trained)
+            evaluation = run.stage("evaluate", stages.evaluate, trained, features, dataset, lake)
+            run.evaluated(evaluation)
+            report = {"validation_report.json": valid.report_uri}
+            registration = run.stage(
+                "register", stages.register, trained, evaluation, features, dataset, lake, report, registry
+            )
+            run.registered(registration, evaluation)
+            decision = run.stage("promote", stages.promote, registration, evaluation, features, dataset, lake, registry)
+            run.decided(decision, registration, evaluation)
+            online = run.stage("online-features", stages.materialize_online, valid, dataset, lake, settings.redis_url)
+            run.materialized(online)
+        except FusionError as exc:
+            raise run.failed(exc) from exc
+        return run.finish()
 
 
 def run_pipeline(

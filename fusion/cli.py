@@ -16,7 +16,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
+from fusion.core.logs import configure_logging, log_format
 from fusion.core.settings import DEFAULT_CONFIG, Settings, load_settings, with_overrides
 from fusion.core.summary import RunSummary
 from tasks.check import LOAD_ERRORS, Problem, check_config, check_settings, check_warnings, load_problems
@@ -24,6 +26,17 @@ from tasks.features import feature_names
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fusion: DAG-based ML pipeline.")
 err = Console(stderr=True, highlight=False)
+cli_log = logging.getLogger("fusion.cli")
+NOISY = ("kafka", "httpx", "prefect", "urllib3")
+
+
+def say(markup: str, level: int = logging.INFO) -> None:
+    """A line for the person at the terminal; with FUSION_LOG_FORMAT=json, a log record instead (the
+    long-running commands' stderr is then all JSON lines)."""
+    if log_format() == "json":
+        cli_log.log(level, Text.from_markup(markup).plain)
+    else:
+        err.print(markup, soft_wrap=True)
 
 
 @app.callback()
@@ -47,7 +60,7 @@ class ProgressHandler(logging.Handler):
 def _fail(message: str, code: int, summary: dict[str, Any] | None, as_json: bool) -> NoReturn:
     if as_json:
         print(json.dumps(summary or {"error": message}))
-    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)  # escaped: [brackets] are the user's
+    say(f"[red]error:[/red] {escape(message)}", logging.ERROR)  # escaped: [brackets] are the user's
     raise typer.Exit(code)
 
 
@@ -68,10 +81,11 @@ def _refuse(config: Path, problems: Sequence[Problem], as_json: bool, verbose: b
 
 
 def _print_problems(config: Path, problems: Sequence[Problem], verbose: bool, prefix: str = "") -> None:
+    level = logging.ERROR if "error" in prefix else logging.WARNING
     for problem in problems:
-        err.print(f"{prefix}{escape(f'{config}: {problem.line()}')}", soft_wrap=True)  # escaped: keys hold [0]
+        say(f"{prefix}{escape(f'{config}: {problem.line()}')}", level)  # escaped: keys hold [0]
         if verbose and problem.detail:
-            err.print(escape(textwrap.indent(problem.detail.rstrip(), "    ")), soft_wrap=True, style="dim")
+            say(f"[dim]{escape(textwrap.indent(problem.detail.rstrip(), '    '))}[/dim]", level)
 
 
 @app.command()
@@ -113,13 +127,17 @@ def run(
 
     prepare_environment(settings, verbose=verbose)
     booting = start_embedded_prefect_api()
-    err.print(f"[bold]fusion run[/bold] dataset=[cyan]{settings.dataset.name}[/cyan] home={settings.resolved_home}")
-    if not os.environ.get("PREFECT_API_URL"):
-        err.print("[dim]no PREFECT_API_URL: starting Prefect's embedded API (about 20 s)[/dim]")
     progress = logging.getLogger("fusion.progress")
     progress.setLevel(logging.INFO)
-    progress.propagate = False
-    progress.addHandler(ProgressHandler(err, started))
+    if log_format() == "json":
+        configure_logging(quiet=NOISY)
+    else:
+        progress.propagate = False
+        progress.addHandler(ProgressHandler(err, started))
+    home = escape(str(settings.resolved_home))
+    say(f"[bold]fusion run[/bold] dataset=[cyan]{settings.dataset.name}[/cyan] home={home}")
+    if not os.environ.get("PREFECT_API_URL"):
+        say("[dim]no PREFECT_API_URL: starting Prefect's embedded API (about 20 s)[/dim]")
 
     from flows.training_pipeline import run_pipeline  # imports Prefect: after the environment is set
     from fusion.core.errors import RunFailed
@@ -162,9 +180,10 @@ def trigger(
     prepare_environment(settings)
     from fusion.trigger import PrefectDeploymentLauncher, Trigger, run_forever
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("kafka", "httpx", "prefect"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(quiet=NOISY)
+    from fusion.core.tracing import setup_tracing
+
+    setup_tracing("fusion-trigger")
     events = settings.events
     name = deployment or events.trigger_deployment
     consumer = Trigger(
@@ -174,9 +193,9 @@ def trigger(
         settings.config_dir,
         fetch_max_wait_ms=fetch_max_wait_ms,
     )
-    err.print(f"fusion trigger: {events.requests_topic} -> deployment {name} (dead letters: {events.deadletter_topic})")
+    say(f"fusion trigger: {events.requests_topic} -> deployment {name} (dead letters: {events.deadletter_topic})")
     stats = run_forever(consumer)
-    err.print(f"fusion trigger stopped: {stats.launched} run(s) created, {stats.deadlettered} dead-lettered")
+    say(f"fusion trigger stopped: {stats.launched} run(s) created, {stats.deadlettered} dead-lettered")
 
 
 @app.command()
@@ -282,6 +301,9 @@ def family_line(summary: RunSummary) -> str:
 
 
 def show_summary(summary: RunSummary, mlflow_uri: str) -> None:
+    if log_format() == "json":  # one record carrying the summary's fields
+        cli_log.info("run %s finished", summary.run_id, extra={"fields": {"summary": summary.model_dump(mode="json")}})
+        return
     table = Table(title=f"run {summary.run_id}", show_header=False, title_justify="left")
     m = summary.metrics
     rows = [

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import threading
 
+from fusion.core.logs import logging_environment
+from fusion.core.tracing import tracing_environment
 from fusion.core.settings import Settings
 
 
@@ -32,6 +34,8 @@ def prepare_environment(settings: Settings, verbose: bool = False) -> None:
         "DO_NOT_TRACK": "1",
         "TQDM_DISABLE": "1",
     }
+    # FUSION_LOG_FORMAT=json: Prefect's loggers and each Dask worker's in the same JSON lines
+    defaults |= logging_environment() | tracing_environment()
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
 

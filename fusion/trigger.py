@@ -23,9 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fusion.core import tracing
 from fusion.core.events import CloudEvent, durable_producer, ensure_topics
+from fusion.core.logs import log_context
 from fusion.core.settings import EventsConfig, load_settings, with_overrides
 from tasks.check import check_settings
 
@@ -143,7 +146,8 @@ class PrefectDeploymentLauncher:
         client = self._api()
         if self._deployment_id is None:
             self._deployment_id = client.read_deployment_by_name(self.deployment).id
-        trace = event.traceparent
+        # the run's parent: this launch's span (the request's own traceparent when tracing is off)
+        trace = tracing.current_traceparent() or event.traceparent
         config = self.configs_dir / f"{event.data.dataset}.yaml"
         # Relative when possible: the worker resolves it in its own checkout of the project.
         with contextlib.suppress(ValueError):
@@ -251,35 +255,64 @@ class Trigger:
             event = parse_request(record.value, self.configs_dir)
         except InvalidRequest as exc:
             reason = str(exc)
-            self.producer.send(
-                self.events.deadletter_topic,
-                key=record.key,
-                value=deadletter_record(record.value, reason, record.topic, record.partition, record.offset),
-                headers=[("fusion-deadletter-reason", reason[:500].encode()), ("content-type", b"application/json")],
-            ).get(timeout=self.events.timeout_s)
-            self.stats.deadlettered += 1
-            log.warning("dead-lettered %s/%s@%s: %s", record.topic, record.partition, record.offset, reason)
+            with tracing.span(
+                "trigger dead-letter", attributes={**where(record), "fusion.deadletter.reason": reason[:500]}
+            ):
+                self._deadletter(record, reason)
         else:
-            run_id = self._launch_with_backoff(event)
-            if run_id is None:
-                return False
-            self.stats.launched += 1
-            log.info("event %s -> flow run %s", event.id, run_id)
+            with (
+                tracing.span(
+                    f"trigger {event.type}",
+                    event.traceparent,
+                    {**where(record), "messaging.message.id": event.id, "fusion.dataset": event.data.dataset},
+                    SpanKind.CONSUMER,
+                ) as span,
+                log_context(dataset=event.data.dataset),
+            ):
+                run_id = self._launch_with_backoff(event)
+                if run_id is None:
+                    return False
+                span.set_attribute("fusion.run_id", run_id)
+                self.stats.launched += 1
+                log.info("event %s -> flow run %s", event.id, run_id, extra={"run_id": run_id})
         partition = TopicPartition(record.topic, record.partition)
         self.consumer.commit({partition: OffsetAndMetadata(record.offset + 1, "", -1)})
         return True
+
+    def _deadletter(self, record: Any, reason: str) -> None:
+        self.producer.send(
+            self.events.deadletter_topic,
+            key=record.key,
+            value=deadletter_record(record.value, reason, record.topic, record.partition, record.offset),
+            headers=[("fusion-deadletter-reason", reason[:500].encode()), ("content-type", b"application/json")],
+        ).get(timeout=self.events.timeout_s)
+        self.stats.deadlettered += 1
+        log.warning("dead-lettered %s/%s@%s: %s", record.topic, record.partition, record.offset, reason)
 
     def _launch_with_backoff(self, event: IngestRequested) -> str | None:
         delay = 0.5
         while not self._stop.is_set():
             try:
-                return self.launcher.launch(event)
+                with tracing.span(
+                    "create flow run", attributes={"fusion.deployment": getattr(self.launcher, "deployment", None)}
+                ):
+                    return self.launcher.launch(event)
             except Exception as exc:  # API down, timeouts, 5xx: the same event is tried again
                 self.stats.retries += 1
                 log.warning("cannot create the run for event %s (%s); retrying in %.1f s", event.id, exc, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.max_backoff_s)
         return None
+
+
+def where(record: Any) -> dict[str, Any]:
+    """Span attributes of a Kafka record (OpenTelemetry's messaging conventions)."""
+    return {
+        "messaging.system": "kafka",
+        "messaging.destination.name": record.topic,
+        "messaging.destination.partition.id": str(record.partition),
+        "messaging.kafka.offset": record.offset,
+    }
 
 
 def run_forever(trigger: Trigger) -> TriggerStats:

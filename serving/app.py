@@ -25,6 +25,7 @@ from ray import serve
 from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
+from fusion.core.logs import configure_logging, json_everywhere, log_format
 from fusion.core.settings import ServingConfig, Settings
 from serving.http import build_http_app
 from serving.model_server import ModelCore, ServingArgs
@@ -32,6 +33,12 @@ from serving.model_server import ModelCore, ServingArgs
 log = logging.getLogger("fusion.serving")
 APP_NAME = "fusion"
 QUIET = {"enable_access_log": False, "log_level": "WARNING"}
+
+
+def serve_logging() -> dict[str, Any]:
+    """Serve's logging config: warnings and up, no access log (its cost per request is measured in
+    docs/BENCHMARKS.md; /metrics counts requests); JSON lines in its log files with FUSION_LOG_FORMAT=json."""
+    return {**QUIET, "encoding": "JSON" if log_format() == "json" else "TEXT"}
 
 
 @serve.deployment(name="ModelServer")
@@ -81,11 +88,14 @@ class ModelServer(ModelCore):
                 return
             for message in consumer:
                 try:
-                    data = json.loads(message.value).get("data", {})
+                    event = json.loads(message.value)
+                    data = event.get("data", {})
+                    model_name = data.get("model_name")
                 except (ValueError, AttributeError):
                     continue
-                if data.get("model_name") == self.args.model_name:
-                    asyncio.run_coroutine_threadsafe(self.reload_now(), loop)
+                if model_name == self.args.model_name:
+                    # the load joins the promotion's trace (the run that promoted, and its request)
+                    asyncio.run_coroutine_threadsafe(self.reload_now(event.get("traceparent")), loop)
 
         threading.Thread(target=listen, name="promotions", daemon=True).start()
 
@@ -247,8 +257,8 @@ def start_serving(settings: Settings) -> DeploymentHandle:
     """Ray, Serve's proxy and the app; returns once every replica is up (ready or waiting for a champion)."""
     config = settings.serving
     start_ray(config)
-    serve.start(http_options={"host": config.host, "port": config.port}, logging_config=QUIET)
-    return serve.run(build_app(serving_args(settings)), name=APP_NAME, route_prefix="/", logging_config=QUIET)
+    serve.start(http_options={"host": config.host, "port": config.port}, logging_config=serve_logging())
+    return serve.run(build_app(serving_args(settings)), name=APP_NAME, route_prefix="/", logging_config=serve_logging())
 
 
 def stop_serving() -> None:
@@ -266,13 +276,19 @@ def serve_forever(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     started = time.perf_counter()
+    if log_format() == "json":
+        configure_logging(quiet=("ray", "filelock", "urllib3"))
     start_serving(settings)
+    json_everywhere()  # the handlers Ray installed
     config = settings.serving
-    print(
+    line = (
         f"serving {settings.dataset.model.registered_name}@{config.alias} on http://{config.host}:{config.port}"
-        f" (docs: /docs) after {time.perf_counter() - started:.1f} s; Ctrl-C stops",
-        flush=True,
+        f" (docs: /docs) after {time.perf_counter() - started:.1f} s; Ctrl-C stops"
     )
+    if log_format() == "json":
+        log.info(line)
+    else:
+        print(line, flush=True)
     try:
         stop.wait()
     finally:

@@ -8,9 +8,10 @@ row, reads online features, predicts several requests' rows in one model call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import numpy as np
@@ -18,6 +19,7 @@ import polars as pl
 from prometheus_client.metrics_core import Metric
 from pydantic import BaseModel
 
+from fusion.core import tracing
 from fusion.core.errors import TypeMismatch
 from fusion.core.lake import Lake
 from fusion.core.settings import DatasetConfig, ServingConfig
@@ -88,6 +90,19 @@ class ModelCore:
         self._poller: asyncio.Task[None] | None = None
         self.metrics = ServingMetrics()
         self.replica = "local"
+        # spans of requests' cache and model steps only when they go somewhere (each costs CPU per request)
+        self.traced = tracing.exporting()
+        if self.traced:
+            tracing.setup_tracing("fusion-serving")
+
+    @contextlib.contextmanager
+    def step(self, name: str, **attributes: Any) -> Iterator[None]:
+        """A span around one step of a request, when traced."""
+        if not self.traced:
+            yield
+            return
+        with tracing.span(name, attributes=attributes):
+            yield
 
     async def start(self) -> None:
         """Load the current champion if there is one (else stay not ready) and follow the alias.
@@ -109,16 +124,21 @@ class ModelCore:
             if model is not None:
                 await asyncio.to_thread(self._warm_online, model.dataset)
 
-    async def reload_now(self) -> str | None:
-        """Load the version the alias points at, if it is not the one loaded; returns the served version."""
+    async def reload_now(self, traceparent: str | None = None) -> str | None:
+        """Load the version the alias points at, if it is not the one loaded; returns the served version.
+        `traceparent`: the promotion event's, when a promotion caused this (the load's span joins its trace)."""
         async with self._reload_lock:
             target = await asyncio.to_thread(
                 champion, self.args.tracking_uri, self.args.model_name, self.args.serving.alias
             )
             if target is None or (self.model is not None and self.model.version == target):
                 return self.version
+            attributes = {"fusion.model": target.name, "fusion.version": target.version, "fusion.replica": self.replica}
             try:
-                model, online = await asyncio.to_thread(self._load, target)
+                with (
+                    tracing.span("serving reload", traceparent, attributes) if self.traced else contextlib.nullcontext()
+                ):
+                    model, online = await asyncio.to_thread(self._load, target)
             except Exception:
                 self.metrics.loads.labels("failed").inc()
                 raise
@@ -188,7 +208,8 @@ class ModelCore:
     ) -> tuple[list[str], list[float | None], pl.DataFrame | None]:
         # Raw rows are keyed with the online batch too: new online state means new features.
         keys = self.cache.keys(model.version.content_id, f"records:{online.batch_id()}", records)
-        cached = self.cache.get(keys)
+        with self.step("cache lookup", rows=len(keys)):
+            cached = self.cache.get(keys)
         missing = [i for i, v in enumerate(cached) if v is None]
         if not missing:
             return keys, cached, None
@@ -206,7 +227,8 @@ class ModelCore:
         self, model: LoadedModel, frame: pl.DataFrame
     ) -> tuple[list[str], list[float | None], pl.DataFrame | None]:
         keys = self.cache.keys(model.version.content_id, "features", frame.to_dicts())
-        cached = self.cache.get(keys)
+        with self.step("cache lookup", rows=len(keys)):
+            cached = self.cache.get(keys)
         missing = [i for i, v in enumerate(cached) if v is None]
         if not missing:
             return keys, cached, None
@@ -218,7 +240,8 @@ class ModelCore:
         predictions = list(cached)
         hits = sum(v is not None for v in cached)
         if frame is not None:
-            computed = await self.predict_batch((model, frame))
+            with self.step("model", rows=frame.height, version=model.version.version):
+                computed = await self.predict_batch((model, frame))
             missing = [i for i, v in enumerate(cached) if v is None]
             fresh = {}
             for i, p in zip(missing, computed.tolist(), strict=True):

@@ -7,6 +7,7 @@ name the flow keeps by hand.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -14,9 +15,11 @@ from typing import Any
 
 from prefect.futures import PrefectFuture
 
+from fusion.core import tracing
 from fusion.core.errors import FusionError, RunFailed
-from fusion.core.events import CloudEvent, EventSink, EventType, child_traceparent
+from fusion.core.events import CloudEvent, EventSink, EventType, child_traceparent, new_traceparent
 from fusion.core.lake import Lake
+from fusion.core.logs import json_everywhere, log_context
 from fusion.core.settings import PipelineConfig, Settings
 from fusion.core.summary import RUNS, RunMetrics, RunSummary, StageReport
 from tasks import pipeline_tasks as stages
@@ -36,10 +39,22 @@ DATA_STAGES = ("fingerprint", "ingest", "validate")  # a failure here rejects th
 
 
 class PipelineRun:
-    def __init__(self, settings: Settings, traceparent: str, run_id: str | None) -> None:
+    """Used as a context manager around the flow's body: the run's span (a child of the request's
+    traceparent) and its log context (run_id, dataset, trace and span ids) last as long as the block."""
+
+    def __init__(self, settings: Settings, traceparent: str | None, run_id: str | None) -> None:
         self.pipeline: PipelineConfig = settings.pipeline
         self.dataset = settings.dataset.name
-        self.traceparent = traceparent
+        tracing.setup_tracing("fusion-pipeline")
+        json_everywhere()  # handlers the libraries installed in this process since it started
+        self._span = tracing.start_span(
+            f"run {self.dataset}", traceparent, {"fusion.dataset": self.dataset, "fusion.run_id": run_id}
+        )
+        # the run's own traceparent: the request's trace (a new one without a request), this run's span;
+        # with the SDK off, the request's
+        traceparent = tracing.traceparent_of(self._span) or traceparent or new_traceparent()
+        self.traceparent = self.stage_traceparent = traceparent
+        self._scope = contextlib.ExitStack()
         self.sink = EventSink(settings.resolved_home, settings.kafka_bootstrap_servers, settings.events)
         self.summary = RunSummary(run_id=run_id, dataset=self.dataset, traceparent=traceparent)
         self.tracking_uri = settings.resolved_mlflow_uri
@@ -47,6 +62,18 @@ class PipelineRun:
         self.stage_name = "run"
         self.started = time.perf_counter()
         self.tag(f"dataset:{self.dataset}", f"trace:{traceparent.split('-')[1]}")
+
+    def __enter__(self) -> PipelineRun:
+        from opentelemetry import trace
+
+        self._scope.enter_context(trace.use_span(self._span, end_on_exit=False))
+        self._scope.enter_context(log_context(run_id=self.summary.run_id, dataset=self.dataset))
+        return self
+
+    def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
+        self._scope.close()
+        tracing.end_span(self._span, error)
+        tracing.flush()
 
     def tag(self, *tags: str) -> None:
         """Add tags to this flow run (the Prefect UI filters runs by them): dataset, batch, trace id."""
@@ -88,21 +115,25 @@ class PipelineRun:
         """Run one stage as a Prefect task and wait for it; I/O stages retry as `pipeline.retries` says."""
         self.stage_name = name
         started = time.perf_counter()
-        future: PrefectFuture[Any] = self._configured(task, name).submit(*args)
-        future.wait()
-        result = future.result()
-        seconds = time.perf_counter() - started
-        cached = bool(future.state.name == "Cached")
-        self.summary.stages.append(StageReport(stage=name, seconds=round(seconds, 3), cached=cached))
-        progress.info("%s done in %.1f s%s", name, seconds, " (cached)" if cached else "", extra={"stage": name})
+        with tracing.span(f"stage {name}", attributes={"fusion.stage": name}) as span, log_context(stage=name):
+            self.stage_traceparent = tracing.traceparent_of(span) or child_traceparent(self.traceparent)
+            future: PrefectFuture[Any] = self._configured(task, name).submit(*args)
+            future.wait()
+            result = future.result()
+            seconds = time.perf_counter() - started
+            cached = bool(future.state.name == "Cached")
+            span.set_attribute("fusion.cached", cached)
+            self.summary.stages.append(StageReport(stage=name, seconds=round(seconds, 3), cached=cached))
+            progress.info("%s done in %.1f s%s", name, seconds, " (cached)" if cached else "")
         return result
 
     def announce(self, type_: EventType, data: dict[str, Any]) -> None:
+        """The event of the stage that ran last, carrying that stage span's traceparent."""
         event = CloudEvent(
             source=SOURCE,
             type=type_,
             subject=self.dataset,
-            traceparent=child_traceparent(self.traceparent),
+            traceparent=self.stage_traceparent,
             data={"run_id": self.summary.run_id, "dataset": self.dataset, **data},
         )
         self._configured(stages.publish, f"publish {type_}").submit(self.sink, event).result()

@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from fusion.core.lake import Lake
+from fusion.core.logs import printed_to_log
 from fusion.core.settings import DatasetConfig, GateConfig
 from tasks.evaluate import Evaluation
 from tasks.train import TrainedModel
@@ -191,7 +192,8 @@ def register_model(
     mlflow.set_registry_uri(tracking_uri)
     ensure_experiment(client, tracking_uri, f"fusion-{dataset.name}")
     signature, example = model_signature(trained, input_example)
-    with mlflow.start_run(run_name=f"{dataset.name}-{batch_id}") as run:
+    # outermost: MLflow prints "Created version ..." and, leaving the run, its link
+    with printed_to_log("mlflow"), mlflow.start_run(run_name=f"{dataset.name}-{batch_id}") as run:
         log_run_record(trained, evaluation, dataset, batch_id, fingerprint, lake, extra_artifacts)
         version = log_registered_pyfunc(trained, signature, example, name)
     tags = {

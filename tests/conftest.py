@@ -86,3 +86,16 @@ def kafka_bootstrap() -> Iterator[str]:
     next(service)
     yield f"127.0.0.1:{os.environ.get('FUSION_KAFKA_PORT', '9092')}"
     next(service, None)
+
+
+@pytest.fixture(scope="session")
+def jaeger() -> Iterator[str]:
+    """A real Jaeger v2 (built from the Go module proxy by infra/local/services.sh); yields its query API."""
+    service = _service("jaeger")
+    next(service)
+    yield f"http://127.0.0.1:{os.environ.get('FUSION_JAEGER_PORT', '16686')}"
+    next(service, None)
+
+
+def jaeger_otlp() -> str:
+    return f"http://127.0.0.1:{os.environ.get('FUSION_JAEGER_OTLP_PORT', '4318')}"

@@ -7,10 +7,15 @@
 #   infra/local/services.sh env                   the FUSION_*/PREFECT_* variables that point Fusion at them
 #   infra/local/services.sh tools                 install the command-line clients the tests use (kcat)
 #
-# SERVICES: kafka redis postgres prefect prefect-worker mlflow (default: all; `up prefect` brings up postgres,
-# its database, too). State, logs and PIDs live in $FUSION_SERVICES_DIR (default .fusion/services). Ports:
-# FUSION_KAFKA_PORT (9092; controller +1), FUSION_REDIS_PORT (6379), FUSION_POSTGRES_PORT (5433),
-# FUSION_PREFECT_PORT (4200), FUSION_MLFLOW_PORT (5000).
+# SERVICES: kafka redis postgres prefect prefect-worker mlflow jaeger (default: all but jaeger; `up prefect`
+# brings up postgres, its database, too). State, logs and PIDs live in $FUSION_SERVICES_DIR (default
+# .fusion/services). Ports: FUSION_KAFKA_PORT (9092; controller +1), FUSION_REDIS_PORT (6379),
+# FUSION_POSTGRES_PORT (5433), FUSION_PREFECT_PORT (4200), FUSION_MLFLOW_PORT (5000), FUSION_JAEGER_PORT
+# (16686, query API and UI; its gRPC -1), FUSION_JAEGER_OTLP_PORT (4318, OTLP/HTTP; OTLP/gRPC -1).
+#
+# Logs: Fusion's processes here (the Prefect server and worker, and the flow runs the worker starts) write
+# one JSON object per line (FUSION_LOG_FORMAT, default json here: they write to files). When jaeger is
+# running, the worker's runs export their spans to it (OTEL_EXPORTER_OTLP_ENDPOINT).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -22,8 +27,11 @@ REDIS_PORT=${FUSION_REDIS_PORT:-6379}
 POSTGRES_PORT=${FUSION_POSTGRES_PORT:-5433} # 5432 is left to a Postgres the machine may run already
 PREFECT_PORT=${FUSION_PREFECT_PORT:-4200}
 MLFLOW_PORT=${FUSION_MLFLOW_PORT:-5000}
+JAEGER_PORT=${FUSION_JAEGER_PORT:-16686}
+JAEGER_OTLP_PORT=${FUSION_JAEGER_OTLP_PORT:-4318}
 WORK_POOL=${FUSION_WORK_POOL:-fusion-local}
 ALL=(kafka redis postgres prefect prefect-worker mlflow)
+KNOWN=("${ALL[@]}" jaeger)
 
 log() { printf '%s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -173,10 +181,19 @@ start_postgres() {
 install_prefect() { require_venv; }
 PREFECT_ENV=(env "PREFECT_HOME=$STATE/prefect/home" "PREFECT_API_URL=http://127.0.0.1:$PREFECT_PORT/api"
     PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1)
+# The variables that put a Fusion process's logs (and Prefect's, Dask's) in FUSION_LOG_FORMAT, as Fusion
+# says (fusion/core/logs.py), and where spans go when jaeger runs.
+observe_env() {
+    FUSION_LOG_FORMAT=${FUSION_LOG_FORMAT:-json} "$VENV/bin/python" -m fusion.core.logs
+    "$VENV/bin/python" -m fusion.core.tracing
+    ! running jaeger || echo "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$JAEGER_OTLP_PORT"
+}
 start_prefect() {
     up postgres # its database: a no-op when running
     mkdir -p "$STATE/prefect/home"
-    launch prefect "${PREFECT_ENV[@]}" \
+    local observe
+    mapfile -t observe < <(observe_env)
+    launch prefect "${PREFECT_ENV[@]}" "${observe[@]}" \
         "PREFECT_API_DATABASE_CONNECTION_URL=postgresql+asyncpg://fusion@127.0.0.1:$POSTGRES_PORT/prefect" \
         "$VENV/bin/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
     wait_until prefect 120 http_ok "http://127.0.0.1:$PREFECT_PORT/api/health"
@@ -188,7 +205,9 @@ start_prefect-worker() {
     "${PREFECT_ENV[@]}" "$VENV/bin/prefect" work-pool inspect "$WORK_POOL" >/dev/null 2>&1 ||
         "${PREFECT_ENV[@]}" "$VENV/bin/prefect" work-pool create "$WORK_POOL" --type process >/dev/null
     mkdir -p "$STATE/prefect-worker"
-    launch prefect-worker "${PREFECT_ENV[@]}" "$VENV/bin/prefect" worker start --pool "$WORK_POOL" --type process \
+    local observe
+    mapfile -t observe < <(observe_env)
+    launch prefect-worker "${PREFECT_ENV[@]}" "${observe[@]}" "$VENV/bin/prefect" worker start --pool "$WORK_POOL" --type process \
         --name "fusion-local-worker"
     wait_until prefect-worker 60 grep -q "started" "$STATE/prefect-worker/log"
 }
@@ -203,11 +222,31 @@ start_mlflow() {
     wait_until mlflow 120 http_ok "http://127.0.0.1:$MLFLOW_PORT/health"
 }
 
+# --- jaeger: Jaeger v2 (OTLP in, traces in memory, query API), built from the Go module proxy ---------
+# infra/local/jaeger/go.mod pins the version (its `tool` line); the binary is built once into $STATE.
+install_jaeger() {
+    local bin=$STATE/jaeger/bin/jaeger mod=$ROOT/infra/local/jaeger/go.mod
+    [[ -x $bin && $bin -nt $mod ]] && return
+    command -v go >/dev/null || die "jaeger is built with the Go toolchain (go >= 1.24): none on PATH"
+    log "jaeger: building from the Go module proxy (a few minutes the first time)"
+    mkdir -p "$STATE/jaeger/bin"
+    (cd "$ROOT/infra/local/jaeger" && go build -o "$bin.tmp" github.com/jaegertracing/jaeger/cmd/jaeger) >&2 ||
+        die "jaeger: go build failed"
+    mv "$bin.tmp" "$bin"
+}
+start_jaeger() {
+    launch jaeger env "JAEGER_QUERY_PORT=$JAEGER_PORT" "JAEGER_QUERY_GRPC_PORT=$((JAEGER_PORT - 1))" \
+        "JAEGER_OTLP_HTTP_PORT=$JAEGER_OTLP_PORT" "JAEGER_OTLP_GRPC_PORT=$((JAEGER_OTLP_PORT - 1))" \
+        "JAEGER_HEALTH_PORT=${FUSION_JAEGER_HEALTH_PORT:-13133}" \
+        "$STATE/jaeger/bin/jaeger" "--config=file:$ROOT/infra/local/jaeger/config.yaml"
+    wait_until jaeger 60 http_ok "http://127.0.0.1:$JAEGER_PORT/api/services"
+}
+
 port_of() {
     case $1 in
         kafka) echo "$KAFKA_PORT" ;; redis) echo "$REDIS_PORT" ;; prefect) echo "$PREFECT_PORT" ;;
         postgres) echo "$POSTGRES_PORT" ;;
-        mlflow) echo "$MLFLOW_PORT" ;; *) echo "" ;;
+        mlflow) echo "$MLFLOW_PORT" ;; jaeger) echo "$JAEGER_PORT" ;; *) echo "" ;;
     esac
 }
 
@@ -217,6 +256,7 @@ url_of() {
         prefect) echo "http://127.0.0.1:$PREFECT_PORT (UI)" ;; prefect-worker) echo "work pool $WORK_POOL" ;;
         postgres) echo "postgresql://fusion@127.0.0.1:$POSTGRES_PORT/prefect" ;;
         mlflow) echo "http://127.0.0.1:$MLFLOW_PORT (UI)" ;;
+        jaeger) echo "http://127.0.0.1:$JAEGER_PORT (query API), OTLP http://127.0.0.1:$JAEGER_OTLP_PORT" ;;
     esac
 }
 
@@ -268,14 +308,16 @@ export FUSION_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
 export FUSION_MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
 export PREFECT_API_URL=http://127.0.0.1:$PREFECT_PORT/api
 EOF
+    ! running jaeger || echo "export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$JAEGER_OTLP_PORT"
 }
 
 command=${1:-status}
 shift || true
 services=("$@")
-[[ ${#services[@]} -gt 0 ]] || services=("${ALL[@]}")
+# `up` alone starts the stack; `down`/`status` alone cover jaeger too
+[[ ${#services[@]} -gt 0 ]] || { [[ $command == up ]] && services=("${ALL[@]}") || services=("${KNOWN[@]}"); }
 for s in "${services[@]}"; do
-    [[ " ${ALL[*]} " == *" $s "* ]] || die "unknown service '$s' (known: ${ALL[*]})"
+    [[ " ${KNOWN[*]} " == *" $s "* ]] || die "unknown service '$s' (known: ${KNOWN[*]})"
 done
 mkdir -p "$STATE"
 case $command in
@@ -288,5 +330,5 @@ case $command in
     env) environment ;;
     tools) command -v kcat >/dev/null || apt_install kcat ;;  # clients the tests use
     browser) { command -v chromium && command -v chromedriver; } >/dev/null || apt_install chromium chromium-driver ;;  # the UI tests' headless Chromium
-    *) die "usage: $0 up|down|status|env|tools|browser [${ALL[*]}]" ;;
+    *) die "usage: $0 up|down|status|env|tools|browser [${KNOWN[*]}]" ;;
 esac

@@ -60,7 +60,7 @@ def consume(bootstrap: str, topics: list[str], count: int, timeout_s: float = 30
 
 
 class TriggerProcess:
-    def __init__(self, bootstrap: str, api: str, tmp: Path) -> None:
+    def __init__(self, bootstrap: str, api: str, tmp: Path, extra_env: dict[str, str] | None = None) -> None:
         prefix = f"t{uuid.uuid4().hex[:8]}"
         self.bootstrap = bootstrap
         self.api = api
@@ -75,6 +75,7 @@ class TriggerProcess:
                 "FUSION_EVENTS__DEADLETTER_TOPIC": self.deadletter_topic,
                 "FUSION_EVENTS__CONSUMER_GROUP": f"{prefix}-trigger",
                 "PREFECT_API_URL": api,
+                **(extra_env or {}),
             }
         )
         self.stderr = tmp / "trigger.err"

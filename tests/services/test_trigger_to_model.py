@@ -4,6 +4,8 @@ and a champion in the MLflow server's registry."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,7 +17,7 @@ import pytest
 
 from fusion.core.events import CloudEvent
 from tests.browser import page_shows
-from tests.conftest import _service
+from tests.conftest import REPO, SERVICES, _service, jaeger_otlp
 from tests.services.support import (
     STAGES,
     TriggerProcess,
@@ -30,9 +32,20 @@ from tests.services.support import (
 pytestmark = pytest.mark.services
 
 
+WORKER_LOG = Path(os.environ.get("FUSION_SERVICES_DIR", REPO / ".fusion" / "services")) / "prefect-worker" / "log"
+
+
 @pytest.fixture
-def worker(prefect_api: str) -> Iterator[None]:
+def worker(prefect_api: str, jaeger: str) -> Iterator[None]:
+    """The local worker, started after Jaeger so that its runs export spans there (services.sh gives it
+    OTEL_EXPORTER_OTLP_ENDPOINT then) and, as services.sh starts it, logging JSON. A worker that was
+    running without the endpoint (started before Jaeger) is restarted."""
     delete_scheduled_runs(prefect_api)  # nothing but this test's run may reach the worker
+    pid = WORKER_LOG.with_name("pid")
+    if pid.is_file() and Path(f"/proc/{pid.read_text().strip()}").exists():
+        environ = Path(f"/proc/{pid.read_text().strip()}/environ").read_bytes().split(b"\0")
+        if not any(v.startswith(b"OTEL_EXPORTER_OTLP_ENDPOINT=") for v in environ):
+            subprocess.run([str(SERVICES), "down", "prefect-worker"], check=True, capture_output=True, timeout=120)
     service = _service("prefect-worker")
     next(service)
     yield
@@ -40,11 +53,19 @@ def worker(prefect_api: str) -> Iterator[None]:
 
 
 def test_request_becomes_a_completed_run_whose_events_share_its_trace(
-    kafka_bootstrap: str, prefect_api: str, mlflow_server: str, worker: None, browser: Any, tmp_path: Path
+    kafka_bootstrap: str,
+    prefect_api: str,
+    mlflow_server: str,
+    jaeger: str,
+    worker: None,
+    browser: Any,
+    tmp_path: Path,
 ) -> None:
     from tests.datasets.card_transactions import write
 
-    trigger = TriggerProcess(kafka_bootstrap, prefect_api, tmp_path)
+    observed = {"FUSION_LOG_FORMAT": "json", "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger_otlp()}
+    trigger = TriggerProcess(kafka_bootstrap, prefect_api, tmp_path, observed)
+    worker_log_start = WORKER_LOG.stat().st_size
     try:
         paths = write(tmp_path / "data")
         events = isolated_config()
@@ -82,6 +103,7 @@ def test_request_becomes_a_completed_run_whose_events_share_its_trace(
             time.sleep(1)
             state = httpx.get(f"{prefect_api}/flow_runs/{run['id']}", timeout=10).json()["state"]["type"]
         assert state == "COMPLETED", state
+        assert_logs_are_json_lines(WORKER_LOG, worker_log_start, run["id"], trace_id)
         records = consume(kafka_bootstrap, [events.topic_for(t) for t in STAGES], len(STAGES), timeout_s=30)
         stage_events = sorted((CloudEvent.model_validate_json(r.value) for r in records), key=lambda e: e.time)
         assert [e.type for e in stage_events] == STAGES
@@ -93,6 +115,67 @@ def test_request_becomes_a_completed_run_whose_events_share_its_trace(
         assert_the_uis_tell_it(browser, prefect_api.removesuffix("/api"), run["id"], mlflow_server, model_name)
     finally:
         assert trigger.stop() == 0
+    trigger_lines = [json.loads(line) for line in trigger.stderr.read_text().splitlines()]  # each one JSON
+    assert any(line.get("run_id") == run["id"] and line.get("trace_id") == trace_id for line in trigger_lines)
+    assert_one_trace_in_jaeger(jaeger, trace_id, run["id"])
+
+
+STAGE_NAMES = [
+    "fingerprint",
+    "ingest",
+    "validate",
+    "features",
+    "train",
+    "evaluate",
+    "register",
+    "promote",
+    "online-features",
+]
+
+
+def assert_logs_are_json_lines(log: Path, start: int, run_id: str, trace_id: str) -> None:
+    """Every line the worker wrote while the run ran (the worker's, the flow run process's, its Dask
+    workers') is one JSON object with the standard keys; the run's own lines name it and its stages."""
+    with log.open("rb") as written:
+        written.seek(start)
+        text = written.read().decode()
+    lines = []
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            lines.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"worker log line {number} is not JSON: {line[:300]}")
+    assert all({"timestamp", "level", "logger", "message"} <= set(line) for line in lines)
+    mine = [line for line in lines if line.get("run_id") == run_id]
+    assert {line.get("stage") for line in mine} >= set(STAGE_NAMES), "the run's lines do not name each stage"
+    assert {line["trace_id"] for line in mine if "trace_id" in line} == {trace_id}
+
+
+def assert_one_trace_in_jaeger(jaeger: str, trace_id: str, run_id: str) -> None:
+    """Jaeger holds one trace for the request: the trigger's consume span -> its run creation -> the run ->
+    a span per stage, each the child of the one before in that chain."""
+    deadline = time.monotonic() + 30
+    spans: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        found = httpx.get(f"{jaeger}/api/traces/{trace_id}", timeout=10)
+        if found.status_code == 200 and found.json()["data"]:
+            (trace,) = found.json()["data"]
+            spans = {s["operationName"]: s for s in trace["spans"]}
+            if {f"stage {name}" for name in STAGE_NAMES} <= set(spans):
+                break
+        time.sleep(1)
+    assert "trigger fusion.ingest.requested" in spans, sorted(spans)
+
+    def parent(name: str) -> str:
+        (reference,) = spans[name]["references"]
+        return str(reference["spanID"])
+
+    run_span = next(s for n, s in spans.items() if n.startswith("run "))
+    assert parent("create flow run") == spans["trigger fusion.ingest.requested"]["spanID"]
+    assert parent(run_span["operationName"]) == spans["create flow run"]["spanID"]
+    assert {"key": "fusion.run_id", "type": "string", "value": run_id} in run_span["tags"]
+    for name in STAGE_NAMES:
+        assert parent(f"stage {name}") == run_span["spanID"], name
 
 
 def assert_the_uis_tell_it(browser: Any, prefect: str, run_id: str, mlflow: str, model_name: str) -> None:
