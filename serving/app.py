@@ -273,13 +273,14 @@ def stop_serving() -> None:
 
 def serve_forever(settings: Settings) -> None:
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     started = time.perf_counter()
     if log_format() == "json":
         configure_logging(quiet=("ray", "filelock", "urllib3"))
+        json_everywhere()  # the handler `import ray.serve` installed on Serve's logger
     start_serving(settings)
-    json_everywhere()  # the handlers Ray installed
+    # after Ray's start: its own SIGTERM handler would print a native stack trace and end the process
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     config = settings.serving
     line = (
         f"serving {settings.dataset.model.registered_name}@{config.alias} on http://{config.host}:{config.port}"

@@ -18,12 +18,10 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.params import Depends as DependsParam
 from fastapi.responses import JSONResponse, Response
-from opentelemetry.trace import SpanKind
 from prometheus_client.metrics_core import Metric
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fusion.core import tracing
 from fusion.core.errors import TypeMismatch
 from serving.auth import Authenticator
 from serving.metrics import ServingMetrics, replicas_exposition
@@ -117,7 +115,7 @@ def build_http_app(backend: Backend, args: ServingArgs) -> FastAPI:
         strict_content_type=False,  # tritonclient and curl -d send no or a form Content-Type
     )
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
-    measure_requests(app, backend.metrics, traced=tracing.exporting())
+    measure_requests(app, backend.metrics)
     answer_errors(app)
     guarded = [Depends(Authenticator(config.auth))]
     add_predict(app, backend, args, guarded)
@@ -127,26 +125,14 @@ def build_http_app(backend: Backend, args: ServingArgs) -> FastAPI:
     return app
 
 
-def measure_requests(app: FastAPI, metrics: ServingMetrics, traced: bool = False) -> None:
-    """Requests and seconds per route and status; with `traced`, a server span per request, a child of
-    the caller's `traceparent` header when it sends one."""
+def measure_requests(app: FastAPI, metrics: ServingMetrics) -> None:
+    """Requests and seconds per route and status. (The request's server span, a child of the caller's
+    `traceparent`, is FastAPI's own once a tracer provider is set: serving/model_server.py.)"""
 
     @app.middleware("http")
     async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
-        if traced:
-            with tracing.span(
-                f"{request.method} {request.url.path}",
-                request.headers.get("traceparent"),
-                {"http.request.method": request.method, "url.path": request.url.path},
-                SpanKind.SERVER,
-            ) as span:
-                response = await call_next(request)
-                route = getattr(request.scope.get("route"), "path", "other")
-                span.update_name(f"{request.method} {route}")
-                span.set_attributes({"http.route": route, "http.response.status_code": response.status_code})
-        else:
-            response = await call_next(request)
+        response = await call_next(request)
         route = getattr(request.scope.get("route"), "path", "other")
         metrics.requests.labels(route, str(response.status_code)).inc()
         metrics.seconds.labels(route).observe(time.perf_counter() - started)

@@ -90,7 +90,8 @@ class ModelCore:
         self._poller: asyncio.Task[None] | None = None
         self.metrics = ServingMetrics()
         self.replica = "local"
-        # spans of requests' cache and model steps only when they go somewhere (each costs CPU per request)
+        # spans only when they go somewhere (each costs CPU per request): FastAPI's per request (it makes
+        # them once a provider is set), and Fusion's of the cache lookup, the model and a reload
         self.traced = tracing.exporting()
         if self.traced:
             tracing.setup_tracing("fusion-serving")
