@@ -178,7 +178,7 @@ def trigger(
     from fusion.runtime import prepare_environment
 
     prepare_environment(settings)
-    from fusion.trigger import PrefectDeploymentLauncher, Trigger, run_forever
+    from fusion.trigger import PrefectDeploymentLauncher, Trigger, TriggerMetrics, run_forever
 
     configure_logging(quiet=NOISY)
     from fusion.core.tracing import setup_tracing
@@ -186,12 +186,19 @@ def trigger(
     setup_tracing("fusion-trigger")
     events = settings.events
     name = deployment or events.trigger_deployment
+    metrics = TriggerMetrics()
+    if events.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(events.metrics_port, addr=events.metrics_host, registry=metrics.registry)
+        cli_log.info("trigger metrics on http://%s:%d/metrics", events.metrics_host, events.metrics_port)
     consumer = Trigger(
         settings.kafka_bootstrap_servers or "",
         events,
         PrefectDeploymentLauncher(name, settings.config_dir),
         settings.config_dir,
         fetch_max_wait_ms=fetch_max_wait_ms,
+        metrics=metrics,
     )
     say(f"fusion trigger: {events.requests_topic} -> deployment {name} (dead letters: {events.deadletter_topic})")
     stats = run_forever(consumer)

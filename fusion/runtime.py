@@ -6,8 +6,8 @@ import os
 import threading
 
 from fusion.core.logs import logging_environment
-from fusion.core.tracing import tracing_environment
 from fusion.core.settings import Settings
+from fusion.core.tracing import tracing_environment
 
 
 def prepare_environment(settings: Settings, verbose: bool = False) -> None:

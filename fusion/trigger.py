@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from opentelemetry.trace import SpanKind
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fusion.core import tracing
@@ -55,7 +56,34 @@ class IngestRequested(CloudEvent):
 
 
 class InvalidRequest(Exception):
-    """Why a record cannot be a run request; goes to the dead-letter topic."""
+    """Why a record cannot be a run request; goes to the dead-letter topic. `kind` is a short name of the
+    reason (the dead-letter metric's label): empty, too_large, not_json, not_object, schema,
+    unknown_dataset, bad_params."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class TriggerMetrics:
+    """The trigger's Prometheus metrics (served on `events.metrics_port` by `fusion trigger`)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.lag = Gauge(
+            "fusion_trigger_consumer_lag",
+            "records on the requests topic not yet consumed, per partition",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.deadletters = Counter(
+            "fusion_trigger_deadletters", "requests dead-lettered, by reason", ["reason"], registry=r
+        )
+        self.runs = Counter("fusion_trigger_runs_created", "flow runs created from requests", registry=r)
+        self.api_errors = Counter(
+            "fusion_trigger_prefect_api_errors", "failed attempts to create a run (retried)", registry=r
+        )
 
 
 def first_error(exc: ValidationError) -> str:
@@ -67,32 +95,32 @@ def first_error(exc: ValidationError) -> str:
 def parse_request(payload: bytes | None, configs_dir: Path, max_bytes: int = MAX_EVENT_BYTES) -> IngestRequested:
     """Bytes of a record -> a checked request, or InvalidRequest naming the field and the reason."""
     if not payload:
-        raise InvalidRequest("empty payload")
+        raise InvalidRequest("empty payload", "empty")
     if len(payload) > max_bytes:
-        raise InvalidRequest(f"payload of {len(payload)} bytes exceeds the limit of {max_bytes}")
+        raise InvalidRequest(f"payload of {len(payload)} bytes exceeds the limit of {max_bytes}", "too_large")
     try:
         body = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"not JSON: {exc}") from exc
+        raise InvalidRequest(f"not JSON: {exc}", "not_json") from exc
     if not isinstance(body, dict):
-        raise InvalidRequest(f"a CloudEvent is a JSON object, got {type(body).__name__}")
+        raise InvalidRequest(f"a CloudEvent is a JSON object, got {type(body).__name__}", "not_object")
     try:
         event = IngestRequested.model_validate(body)
     except ValidationError as exc:
-        raise InvalidRequest(first_error(exc)) from exc
+        raise InvalidRequest(first_error(exc), "schema") from exc
     config = configs_dir / f"{event.data.dataset}.yaml"
     if not config.is_file():
-        raise InvalidRequest(f"data.dataset: no config {config.name} in {configs_dir}")
+        raise InvalidRequest(f"data.dataset: no config {config.name} in {configs_dir}", "unknown_dataset")
     if event.data.params or event.data.uri:
         try:
             settings = with_overrides(load_settings(config), event.data.params, event.data.uri)
         except ValidationError as exc:
-            raise InvalidRequest(f"data.params: {first_error(exc)}") from exc
+            raise InvalidRequest(f"data.params: {first_error(exc)}", "bad_params") from exc
         # what the run's first stage would refuse, refused here; source files are not looked for: the
         # run reads them on a worker, which need not be this machine
         problems = check_settings(settings, files=False)
         if problems:
-            raise InvalidRequest(f"data.params: {'; '.join(p.line() for p in problems)}")
+            raise InvalidRequest(f"data.params: {'; '.join(p.line() for p in problems)}", "bad_params")
     return event
 
 
@@ -184,6 +212,7 @@ class Trigger:
         configs_dir: Path,
         fetch_max_wait_ms: int = 20,
         max_backoff_s: float = 10.0,
+        metrics: TriggerMetrics | None = None,
     ) -> None:
         from kafka import KafkaConsumer
 
@@ -193,6 +222,7 @@ class Trigger:
         self.configs_dir = configs_dir
         self.max_backoff_s = max_backoff_s
         self.stats = TriggerStats()
+        self.metrics = metrics or TriggerMetrics()
         self._stop = threading.Event()
         self.consumer = KafkaConsumer(
             events.requests_topic,
@@ -220,7 +250,9 @@ class Trigger:
 
         try:
             while not self._stop.is_set():
-                for records in self.consumer.poll(timeout_ms=200).values():
+                polled = self.consumer.poll(timeout_ms=200)
+                self._measure_lag()
+                for records in polled.values():
                     for record in records:
                         try:
                             if not self.handle(record):
@@ -247,6 +279,18 @@ class Trigger:
             self.producer.close(timeout=self.events.timeout_s)
         return self.stats
 
+    def _measure_lag(self) -> None:
+        """Per assigned partition: the broker's high watermark minus this consumer's position (what it
+        knows from its last fetch; no extra request)."""
+        for partition in self.consumer.assignment():
+            highwater = self.consumer.highwater(partition)
+            if highwater is None:
+                continue
+            with contextlib.suppress(Exception):  # a partition being revoked has no position
+                position = self.consumer.position(partition, timeout_ms=0)
+                if position is not None:
+                    self.metrics.lag.labels(partition.topic, str(partition.partition)).set(max(highwater - position, 0))
+
     def handle(self, record: Any) -> bool:
         """Deal with one record and commit it; False if asked to stop before it was done."""
         from kafka.structs import OffsetAndMetadata, TopicPartition
@@ -259,6 +303,7 @@ class Trigger:
                 "trigger dead-letter", attributes={**where(record), "fusion.deadletter.reason": reason[:500]}
             ):
                 self._deadletter(record, reason)
+            self.metrics.deadletters.labels(exc.kind).inc()
         else:
             with (
                 tracing.span(
@@ -274,6 +319,7 @@ class Trigger:
                     return False
                 span.set_attribute("fusion.run_id", run_id)
                 self.stats.launched += 1
+                self.metrics.runs.inc()
                 log.info("event %s -> flow run %s", event.id, run_id, extra={"run_id": run_id})
         partition = TopicPartition(record.topic, record.partition)
         self.consumer.commit({partition: OffsetAndMetadata(record.offset + 1, "", -1)})
@@ -299,6 +345,7 @@ class Trigger:
                     return self.launcher.launch(event)
             except Exception as exc:  # API down, timeouts, 5xx: the same event is tried again
                 self.stats.retries += 1
+                self.metrics.api_errors.inc()
                 log.warning("cannot create the run for event %s (%s); retrying in %.1f s", event.id, exc, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.max_backoff_s)

@@ -53,6 +53,9 @@ class ServingMetrics:
         )
         self.version = Gauge("fusion_serving_model_version", "registry version this replica serves", registry=r)
         self.redis_failures = Gauge("fusion_serving_redis_failures", "Redis calls that failed or timed out", registry=r)
+        self.breaker_open = Gauge(
+            "fusion_serving_breaker_open", "1 while the Redis circuit is open or half open, else 0", registry=r
+        )
         self.redis_skipped = Gauge(
             "fusion_serving_redis_skipped", "Redis calls skipped by the open circuit", registry=r
         )

@@ -290,6 +290,7 @@ class ModelCore:
         if self.redis is not None:
             self.metrics.redis_failures.set(self.redis.failures)
             self.metrics.redis_skipped.set(self.redis.skipped)
+            self.metrics.breaker_open.set(int(self.redis.breaker.state != "closed"))
         return self.replica, self.metrics.families()
 
     async def metric_snapshots(self) -> list[tuple[str, list[Metric]]]:

@@ -28,6 +28,7 @@ from tasks.features import FeatureSet
 from tasks.ingest import IngestedBatch
 from tasks.online_store import Materialized
 from tasks.register import GateDecision, Registration
+from tasks.run_metrics import push_run_metrics
 from tasks.run_story import Artifact, failure_story, gate_story, metrics_story, mlflow_links, validation_story
 from tasks.train import TrainedModel
 from tasks.validate import ValidatedBatch
@@ -59,6 +60,8 @@ class PipelineRun:
         self.summary = RunSummary(run_id=run_id, dataset=self.dataset, traceparent=traceparent)
         self.tracking_uri = settings.resolved_mlflow_uri
         self.lake = Lake(settings.resolved_lake_uri)
+        self.pushgateway = settings.pushgateway_url
+        self.rows: dict[tuple[str, str], int] = {}  # (stage, kind) -> rows, for the run's metrics
         self.stage_name = "run"
         self.started = time.perf_counter()
         self.tag(f"dataset:{self.dataset}", f"trace:{traceparent.split('-')[1]}")
@@ -151,12 +154,14 @@ class PipelineRun:
 
     def ingested(self, batch: IngestedBatch, primary: str) -> None:
         self.summary.batch_id, self.summary.rows_ingested = batch.batch_id, batch.rows[primary]
+        self.rows[("ingest", "out")] = batch.rows[primary]
         self.tag(f"batch:{batch.batch_id}")
         self.announce("fusion.data.ready", {"batch_id": batch.batch_id, "rows": batch.rows, "tables": batch.tables})
 
     def validated(self, valid: ValidatedBatch) -> None:
         self.summary.validation_success = True
         self.summary.rows_rejected, self.summary.data_docs = valid.rows_rejected, valid.docs_index
+        self.rows |= {("validate", "in"): valid.rows_in, ("validate", "rejected"): valid.rows_rejected}
         data = {
             "batch_id": valid.batch_id,
             "rows_in": valid.rows_in,
@@ -169,6 +174,7 @@ class PipelineRun:
         self.publish(validation_story(self.dataset, valid))
 
     def featured(self, features: FeatureSet) -> None:
+        self.rows[("features", "out")] = features.rows
         data = {
             "batch_id": features.batch_id,
             "rows": features.rows,
@@ -239,11 +245,13 @@ class PipelineRun:
             self.announce("fusion.data.rejected", data)
         self.publish(failure_story(self.dataset, self.stage_name, str(exc), summary.quarantine_uri))
         self.record()
+        push_run_metrics(self.pushgateway, summary, self.rows)
         return RunFailed(summary.error, summary.model_dump_json())
 
     def finish(self) -> RunSummary:
         self.summary.duration_s = round(time.perf_counter() - self.started, 3)
         self.record()
+        push_run_metrics(self.pushgateway, self.summary, self.rows)
         return self.summary
 
     def record(self) -> None:

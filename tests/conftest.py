@@ -99,3 +99,25 @@ def jaeger() -> Iterator[str]:
 
 def jaeger_otlp() -> str:
     return f"http://127.0.0.1:{os.environ.get('FUSION_JAEGER_OTLP_PORT', '4318')}"
+
+
+SERVICES_STATE = Path(os.environ.get("FUSION_SERVICES_DIR", REPO / ".fusion" / "services"))
+
+
+@pytest.fixture(scope="session")
+def pushgateway() -> Iterator[str]:
+    """Debian's Prometheus Pushgateway, started by infra/local/services.sh."""
+    service = _service("pushgateway")
+    next(service)
+    yield f"http://127.0.0.1:{os.environ.get('FUSION_PUSHGATEWAY_PORT', '9091')}"
+    next(service, None)
+
+
+@pytest.fixture(scope="session")
+def prometheus(pushgateway: str) -> Iterator[str]:
+    """Debian's Prometheus, scraping the pushgateway and the targets in its file-discovery folder
+    (SERVICES_STATE/prometheus/targets), evaluating infra/prometheus/alerts.yml."""
+    service = _service("prometheus")
+    next(service)
+    yield f"http://127.0.0.1:{os.environ.get('FUSION_PROMETHEUS_PORT', '9090')}"
+    next(service, None)

@@ -359,6 +359,10 @@ class EventsConfig(Frozen):
         "training_pipeline/triggered", description="Prefect deployment `fusion trigger` starts (prefect.yaml)"
     )
     timeout_s: float = Field(15.0, gt=0, description="how long a publish may wait for the broker's acks")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="`fusion trigger` serves Prometheus metrics here (e.g. 9464); off when unset"
+    )
+    metrics_host: str = Field("127.0.0.1", description="address of the trigger's metrics (0.0.0.0 in a pod)")
 
     def topic_for(self, event_type: str) -> str:
         return self.topics.get(event_type, event_type)
@@ -423,6 +427,9 @@ class Settings(BaseSettings):
     dask_address: str | None = Field(None, description="existing Dask scheduler; default a LocalCluster")
     kafka_bootstrap_servers: str | None = Field(None, description="default: JSONL event log under FUSION_HOME")
     redis_url: str | None = None
+    pushgateway_url: str | None = Field(
+        None, description="Prometheus Pushgateway a run pushes its metrics to when it ends (tasks/run_metrics.py)"
+    )
     config_dir: Path = Field(Path("configs"), description="folder the config file was read from")
     dataset: DatasetConfig
     pipeline: PipelineConfig = PipelineConfig()

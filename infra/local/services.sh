@@ -7,15 +7,19 @@
 #   infra/local/services.sh env                   the FUSION_*/PREFECT_* variables that point Fusion at them
 #   infra/local/services.sh tools                 install the command-line clients the tests use (kcat)
 #
-# SERVICES: kafka redis postgres prefect prefect-worker mlflow jaeger (default: all but jaeger; `up prefect`
-# brings up postgres, its database, too). State, logs and PIDs live in $FUSION_SERVICES_DIR (default
+# SERVICES: kafka redis postgres prefect prefect-worker mlflow, and jaeger pushgateway prometheus (`up` alone
+# starts the first six; `up prefect` brings up postgres, its database, too). State, logs and PIDs live in $FUSION_SERVICES_DIR (default
 # .fusion/services). Ports: FUSION_KAFKA_PORT (9092; controller +1), FUSION_REDIS_PORT (6379),
 # FUSION_POSTGRES_PORT (5433), FUSION_PREFECT_PORT (4200), FUSION_MLFLOW_PORT (5000), FUSION_JAEGER_PORT
-# (16686, query API and UI; its gRPC -1), FUSION_JAEGER_OTLP_PORT (4318, OTLP/HTTP; OTLP/gRPC -1).
+# (16686, query API and UI; its gRPC -1), FUSION_JAEGER_OTLP_PORT (4318, OTLP/HTTP; OTLP/gRPC -1),
+# FUSION_PUSHGATEWAY_PORT (9091), FUSION_PROMETHEUS_PORT (9090).
 #
 # Logs: Fusion's processes here (the Prefect server and worker, and the flow runs the worker starts) write
 # one JSON object per line (FUSION_LOG_FORMAT, default json here: they write to files). When jaeger is
-# running, the worker's runs export their spans to it (OTEL_EXPORTER_OTLP_ENDPOINT).
+# running, the worker's runs export their spans to it (OTEL_EXPORTER_OTLP_ENDPOINT); when pushgateway is,
+# they push their metrics there (FUSION_PUSHGATEWAY_URL). Prometheus scrapes the pushgateway and the
+# targets in $STATE/prometheus/targets/*.json (file discovery: serving :8000 and a trigger's :9464 by
+# default; add a file to add a target) and evaluates infra/prometheus/alerts.yml.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -29,9 +33,11 @@ PREFECT_PORT=${FUSION_PREFECT_PORT:-4200}
 MLFLOW_PORT=${FUSION_MLFLOW_PORT:-5000}
 JAEGER_PORT=${FUSION_JAEGER_PORT:-16686}
 JAEGER_OTLP_PORT=${FUSION_JAEGER_OTLP_PORT:-4318}
+PUSHGATEWAY_PORT=${FUSION_PUSHGATEWAY_PORT:-9091}
+PROMETHEUS_PORT=${FUSION_PROMETHEUS_PORT:-9090}
 WORK_POOL=${FUSION_WORK_POOL:-fusion-local}
 ALL=(kafka redis postgres prefect prefect-worker mlflow)
-KNOWN=("${ALL[@]}" jaeger)
+KNOWN=("${ALL[@]}" jaeger pushgateway prometheus)
 
 log() { printf '%s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -187,6 +193,7 @@ observe_env() {
     FUSION_LOG_FORMAT=${FUSION_LOG_FORMAT:-json} "$VENV/bin/python" -m fusion.core.logs
     "$VENV/bin/python" -m fusion.core.tracing
     ! running jaeger || echo "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$JAEGER_OTLP_PORT"
+    ! running pushgateway || echo "FUSION_PUSHGATEWAY_URL=http://127.0.0.1:$PUSHGATEWAY_PORT"
 }
 start_prefect() {
     up postgres # its database: a no-op when running
@@ -242,11 +249,47 @@ start_jaeger() {
     wait_until jaeger 60 http_ok "http://127.0.0.1:$JAEGER_PORT/api/services"
 }
 
+# --- pushgateway, prometheus: Debian's packages; runs push to the gateway, Prometheus scrapes it --------
+install_pushgateway() { command -v prometheus-pushgateway >/dev/null || apt_install --no-install-recommends prometheus-pushgateway; }
+start_pushgateway() {
+    mkdir -p "$STATE/pushgateway"
+    launch pushgateway prometheus-pushgateway --web.listen-address="127.0.0.1:$PUSHGATEWAY_PORT"
+    wait_until pushgateway 30 http_ok "http://127.0.0.1:$PUSHGATEWAY_PORT/-/ready"
+}
+install_prometheus() {
+    { command -v prometheus && command -v promtool; } >/dev/null || apt_install --no-install-recommends prometheus
+}
+start_prometheus() {
+    local dir=$STATE/prometheus
+    mkdir -p "$dir/data" "$dir/targets"
+    [[ -f $dir/targets/local.json ]] || cat >"$dir/targets/local.json" <<EOF
+[{"targets": ["127.0.0.1:8000"], "labels": {"job": "fusion-serving"}},
+ {"targets": ["127.0.0.1:9464"], "labels": {"job": "fusion-trigger"}}]
+EOF
+    cat >"$dir/prometheus.yml" <<EOF
+global:
+  scrape_interval: 5s
+  evaluation_interval: 5s
+rule_files: ["$ROOT/infra/prometheus/alerts.yml"]
+scrape_configs:
+  - job_name: pushgateway
+    honor_labels: true  # a run's job and dataset labels, not the gateway's
+    static_configs: [{targets: ["127.0.0.1:$PUSHGATEWAY_PORT"]}]
+  - job_name: fusion
+    file_sd_configs: [{files: ["$dir/targets/*.json"], refresh_interval: 5s}]
+EOF
+    promtool check config "$dir/prometheus.yml" >/dev/null || die "prometheus: invalid configuration"
+    launch prometheus prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
+        --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" --web.enable-lifecycle
+    wait_until prometheus 60 http_ok "http://127.0.0.1:$PROMETHEUS_PORT/-/ready"
+}
+
 port_of() {
     case $1 in
         kafka) echo "$KAFKA_PORT" ;; redis) echo "$REDIS_PORT" ;; prefect) echo "$PREFECT_PORT" ;;
         postgres) echo "$POSTGRES_PORT" ;;
-        mlflow) echo "$MLFLOW_PORT" ;; jaeger) echo "$JAEGER_PORT" ;; *) echo "" ;;
+        mlflow) echo "$MLFLOW_PORT" ;; jaeger) echo "$JAEGER_PORT" ;;
+        pushgateway) echo "$PUSHGATEWAY_PORT" ;; prometheus) echo "$PROMETHEUS_PORT" ;; *) echo "" ;;
     esac
 }
 
@@ -257,6 +300,7 @@ url_of() {
         postgres) echo "postgresql://fusion@127.0.0.1:$POSTGRES_PORT/prefect" ;;
         mlflow) echo "http://127.0.0.1:$MLFLOW_PORT (UI)" ;;
         jaeger) echo "http://127.0.0.1:$JAEGER_PORT (query API), OTLP http://127.0.0.1:$JAEGER_OTLP_PORT" ;;
+        pushgateway) echo "http://127.0.0.1:$PUSHGATEWAY_PORT" ;; prometheus) echo "http://127.0.0.1:$PROMETHEUS_PORT (UI)" ;;
     esac
 }
 
@@ -309,6 +353,7 @@ export FUSION_MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
 export PREFECT_API_URL=http://127.0.0.1:$PREFECT_PORT/api
 EOF
     ! running jaeger || echo "export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$JAEGER_OTLP_PORT"
+    ! running pushgateway || echo "export FUSION_PUSHGATEWAY_URL=http://127.0.0.1:$PUSHGATEWAY_PORT"
 }
 
 command=${1:-status}
