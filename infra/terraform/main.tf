@@ -28,6 +28,8 @@ locals {
     FUSION_MLFLOW_TRACKING_URI     = local.mlflow_uri
     FUSION_KAFKA_BOOTSTRAP_SERVERS = local.kafka_bootstrap
     PREFECT_API_URL                = local.prefect_api_url
+    # spans of runs, the trigger and serving go here over OTLP/HTTP; empty: not exported
+    OTEL_EXPORTER_OTLP_ENDPOINT = var.otlp_endpoint
   }
 }
 

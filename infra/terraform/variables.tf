@@ -21,6 +21,12 @@ variable "image" {
   type        = string
 }
 
+variable "otlp_endpoint" {
+  description = "OTLP/HTTP endpoint (an OpenTelemetry collector, Jaeger, Tempo) every Fusion pod exports spans to; empty: none"
+  type        = string
+  default     = ""
+}
+
 variable "config_file" {
   description = "the dataset config inside the image that runs, serves and triggers (relative to /app)"
   type        = string

@@ -99,6 +99,21 @@ def test_configure_logging_writes_json_and_keeps_libraries_at_warning(monkeypatc
     assert [(x["logger"], x["message"]) for x in lines] == [("fusion.trigger", "kept"), ("some.library", "kept too")]
 
 
+def test_the_image_logs_json_with_the_variables_fusion_derives_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pods run no Fusion entry point before Prefect's engine or Dask's worker starts: the image sets what
+    `fusion.runtime.prepare_environment` would (paths as the image lays the code out, under /app)."""
+    from pathlib import Path
+
+    dockerfile = (Path(__file__).parents[2] / "infra" / "image" / "Dockerfile").read_text()
+    monkeypatch.setenv(logs.FORMAT_ENV, "json")
+    wanted = {logs.FORMAT_ENV: "json", **logs.logging_environment(), **tracing.tracing_environment()}
+    for key, value in wanted.items():
+        if key == "PREFECT_LOGGING_SETTINGS_PATH":
+            value = "/app/" + str(logs.PREFECT_LOGGING_YAML.relative_to(Path(__file__).parents[2]))
+        quoted = f"'{value}'" if "[" in value else value
+        assert f"    {key}={quoted}" in dockerfile, key
+
+
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     """A real SDK provider for Fusion's tracer, finished spans kept in memory."""
