@@ -104,7 +104,7 @@ def floor(config: str) -> dict[str, Any]:
         online = online_state(tables, dataset.source.primary, dataset.features, dataset.prediction_time)
         manifest = write_snapshot(lake, dataset.name, dataset.features, state["ingest"].batch_id, online)
         if settings.redis_url:
-            client = redis_client(settings.redis_url)
+            client = redis_client(settings.redis_url.get_secret_value())
             try:
                 load_into_redis(client, dataset.features, manifest, online.frames)
             finally:

@@ -127,7 +127,7 @@ def serving_args(settings: Settings) -> ServingArgs:
         record_fields=dict(primary.columns),
         tracking_uri=settings.resolved_mlflow_uri,
         lake_uri=settings.resolved_lake_uri,
-        redis_url=settings.redis_url,
+        redis_url=settings.redis_url.get_secret_value() if settings.redis_url else None,
         kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
         promoted_topic=settings.events.topic_for("fusion.model.promoted"),
         serving=settings.serving,

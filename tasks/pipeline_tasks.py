@@ -16,6 +16,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
 from prefect.utilities.hashing import hash_objects
+from pydantic import SecretStr
 
 from fusion.core.errors import FusionError
 from fusion.core.events import CloudEvent, EventSink
@@ -190,7 +191,7 @@ def promote(
 
 @task(name="online-features", tags={IO}, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_bad_data)
 def materialize_online(
-    batch: ValidatedBatch, dataset: DatasetConfig, lake: Lake, redis_url: str | None
+    batch: ValidatedBatch, dataset: DatasetConfig, lake: Lake, redis_url: SecretStr | None
 ) -> Materialized:
     """Each group's latest stateful features for serving: a lake snapshot, and Redis when configured."""
     tables = {name: lake.read_parquet(path) for name, path in batch.tables.items()}
@@ -199,7 +200,7 @@ def materialize_online(
     manifest = write_snapshot(lake, dataset.name, spec, batch.batch_id, state)
     keys = 0
     if redis_url:
-        client = redis_client(redis_url)
+        client = redis_client(redis_url.get_secret_value())
         try:
             keys = load_into_redis(client, spec, manifest, state.frames)
         finally:

@@ -9,11 +9,21 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,6 +32,37 @@ from pydantic_settings import (
 )
 
 DEFAULT_CONFIG = Path("configs/flights.yaml")
+
+
+def resolve_reference(value: Any) -> Any:
+    """A secret setting's value, or a reference to it: `env:NAME` (that environment variable) or
+    `file:/path` (that file's content, stripped; a Kubernetes Secret mounted as a file). A reference that
+    resolves to nothing is an error naming it; the value itself never appears in an error."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if not isinstance(value, str):
+        return value
+    if value.startswith("env:"):
+        name = value.removeprefix("env:")
+        found = os.environ.get(name)
+        if not found:
+            raise ValueError(f"refers to environment variable {name}, which is not set or empty")
+        return found
+    if value.startswith("file:"):
+        path = Path(value.removeprefix("file:")).expanduser()
+        try:
+            text = path.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"refers to file {path}, which cannot be read ({exc.strerror})") from None
+        if not text:
+            raise ValueError(f"refers to file {path}, which is empty")
+        return text
+    return value
+
+
+# A secret-valued setting: masked in reprs and JSON dumps (Prefect's stored flow parameters, summaries),
+# given as a value or as an `env:`/`file:` reference resolved when the settings are loaded.
+Secret = Annotated[SecretStr, BeforeValidator(resolve_reference)]
 
 # Column types a schema may declare; each maps to one Polars dtype (tasks/schema.py, the one typing path).
 ColumnType = Literal["int32", "int64", "float32", "float64", "str", "bool", "date", "datetime"]
@@ -381,7 +422,7 @@ class AuthConfig(Frozen):
 
     enabled: bool = False
     algorithm: Literal["HS256", "RS256"] = "HS256"
-    secret: SecretStr | None = Field(None, description="HS256 secret (prefer FUSION_SERVING__AUTH__SECRET)")
+    secret: Secret | None = Field(None, description="HS256 secret: a value, env:NAME or file:/path")
     key_file: Path | None = Field(None, description="HS256 secret or RS256 public key (PEM) in a file")
     scope: str = Field("predict", description="scope a token must carry (space-separated `scope` claim)")
     audience: str | None = None
@@ -426,7 +467,7 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(None, description="default sqlite under FUSION_HOME")
     dask_address: str | None = Field(None, description="existing Dask scheduler; default a LocalCluster")
     kafka_bootstrap_servers: str | None = Field(None, description="default: JSONL event log under FUSION_HOME")
-    redis_url: str | None = None
+    redis_url: Secret | None = Field(None, description="may hold a password: a value, env:NAME or file:/path")
     pushgateway_url: str | None = Field(
         None, description="Prometheus Pushgateway a run pushes its metrics to when it ends (tasks/run_metrics.py)"
     )
