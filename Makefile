@@ -11,7 +11,7 @@ FUSION_HOME ?= .fusion
 export FUSION_HOME
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: help setup run run-example run-examples serve up down deploy status notebooks lab test test-fast lint typecheck rust-check bench bench-events bench-features bench-models device-check bench-serving mlflow-ui docs clean infra-check
+.PHONY: audit help setup run run-example run-examples serve up down deploy status notebooks lab test test-fast lint typecheck rust-check bench bench-events bench-features bench-models device-check bench-serving mlflow-ui docs clean infra-check
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -70,11 +70,26 @@ notebooks: setup ## run notebooks/ top to bottom in fresh kernels (each in a tem
 lab: setup ## JupyterLab on the project's environment, in notebooks/
 	$(UV) run --frozen --with jupyterlab jupyter lab --notebook-dir=notebooks
 
-lint: setup ## ruff lint and format check; import-linter: the layer contract in pyproject.toml; notebooks without outputs
+lint: setup ## ruff lint and format check; import-linter: the layer contract in pyproject.toml; notebooks without outputs; bandit; pip-audit
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m tests.notebooks check
+	$(UV) tool run --from "bandit[toml]==$(BANDIT_VERSION)" bandit -c pyproject.toml -q -r fusion tasks flows serving
+	@$(MAKE) --no-print-directory audit
+
+BANDIT_VERSION := 1.9.4
+PIP_AUDIT_VERSION := 2.10.1
+AUDIT_PROBE := https://pypi.org/pypi/pip/24.0/json
+
+audit: setup ## pip-audit of uv.lock's packages against PyPI's vulnerability data (says so when that cannot be reached)
+	@$(UV) export --frozen --all-groups --no-emit-project --no-emit-workspace --format requirements-txt -o $(TOOLS)/audit-requirements.txt -q
+	@if curl -fsS -m 15 -o /dev/null $(AUDIT_PROBE) 2>/dev/null; then \
+		$(UV) tool run --from "pip-audit==$(PIP_AUDIT_VERSION)" pip-audit -r $(TOOLS)/audit-requirements.txt \
+			--no-deps --disable-pip --vulnerability-service pypi --strict --progress-spinner off; \
+	else \
+		echo "audit: NOT RUN: PyPI's per-release JSON API, where pip-audit reads vulnerabilities, does not answer here ($(AUDIT_PROBE)); $$(grep -c '==' $(TOOLS)/audit-requirements.txt) locked packages unaudited"; \
+	fi
 
 typecheck: setup ## mypy over the packages
 	$(VENV)/bin/mypy fusion tasks flows serving benchmarks

@@ -178,7 +178,8 @@ def ingress_environment(config: ServingConfig) -> dict[str, str]:
             "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
         }
     # short: Ray adds a 56-character folder, and HAProxy refuses socket paths over 97 characters
-    state = Path(tempfile.mkdtemp(prefix="fh", dir="/tmp" if Path("/tmp").is_dir() else None))
+    # /tmp on purpose: HAProxy refuses socket paths over 97 characters; mkdtemp makes a new 0700 folder
+    state = Path(tempfile.mkdtemp(prefix="fh", dir="/tmp" if Path("/tmp").is_dir() else None))  # nosec B108
     # Replicas listen with SO_REUSEPORT: two servers on one machine given the same ports (Ray's default
     # range is one for all) would silently share them, the kernel handing one server's requests to
     # the other's replicas. Each server takes a block of ports nobody listens on, sized for its
@@ -219,7 +220,7 @@ def free_block(low: int, high: int, size: int) -> int:
 def port_unused(port: int) -> bool:
     with socket.socket() as s:  # without SO_REUSEPORT: a port another server shares that way fails too
         try:
-            s.bind(("0.0.0.0", port))
+            s.bind(("0.0.0.0", port))  # nosec B104  # a probe, closed at once: is the port free on any address?
         except OSError:
             return False
         return True

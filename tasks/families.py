@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
+import subprocess  # nosec B404  # nvidia-smi -L only, argv list, no shell
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any
@@ -36,7 +36,8 @@ def visible_gpus() -> int:
     if smi is None:
         return 0
     try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=False).stdout
+        # nvidia-smi as PATH finds it, a fixed argument, no shell
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=False).stdout  # nosec B603
     except (OSError, subprocess.TimeoutExpired):
         return 0
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))

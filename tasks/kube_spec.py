@@ -48,7 +48,7 @@ def _env(config: KubernetesDaskConfig) -> dict[str, Any]:
 # A read-only root filesystem; what a worker writes goes to two emptyDirs: /tmp (Dask's spill and
 # scratch space) and the home, /var/lib/fusion (FUSION_HOME, Prefect's home, torch's and matplotlib's
 # caches through HOME).
-WRITABLE = {"tmp": "/tmp", "home": "/var/lib/fusion"}
+WRITABLE = {"tmp": "/tmp", "home": "/var/lib/fusion"}  # nosec B108  # mount paths of a pod's emptyDir volumes
 
 
 def _security() -> dict[str, Any]:
