@@ -421,9 +421,22 @@ class AuthConfig(Frozen):
     """Optional bearer JWT on the prediction endpoints (health, metrics and docs stay open)."""
 
     enabled: bool = False
-    algorithm: Literal["HS256", "RS256"] = "HS256"
+    algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
     secret: Secret | None = Field(None, description="HS256 secret: a value, env:NAME or file:/path")
-    key_file: Path | None = Field(None, description="HS256 secret or RS256 public key (PEM) in a file")
+    key_file: Path | None = Field(None, description="HS256 secret or RS256/ES256 public key (PEM) in a file")
+    jwks_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="an issuer's JWKS (OIDC jwks_uri): the key is the one a token's `kid` names; an unknown kid "
+        "fetches the set again (rotation)",
+    )
+    jwks_cache_s: int = Field(300, ge=0, description="how long a fetched key set is reused")
+    jwks_refresh_cooldown_s: float = Field(
+        30.0,
+        ge=0,
+        description="least time between fetches an unknown kid causes (tokens with made-up kids "
+        "cannot make serving hammer the issuer); a rotated key is used at most this long after it appears",
+    )
     scope: str = Field("predict", description="scope a token must carry (space-separated `scope` claim)")
     audience: str | None = None
     issuer: str | None = None
