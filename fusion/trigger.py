@@ -226,6 +226,7 @@ class Trigger:
         self._stop = threading.Event()
         self.consumer = KafkaConsumer(
             events.requests_topic,
+            **events.security.client_options(),
             bootstrap_servers=bootstrap_servers,
             group_id=events.consumer_group,
             client_id="fusion-trigger",
@@ -235,7 +236,7 @@ class Trigger:
             fetch_max_wait_ms=fetch_max_wait_ms,
             max_poll_records=50,
         )
-        self.producer = durable_producer(bootstrap_servers, "fusion-trigger-deadletter", events.timeout_s)
+        self.producer = durable_producer(bootstrap_servers, "fusion-trigger-deadletter", events)
 
     def stop(self) -> None:
         self._stop.set()

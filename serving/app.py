@@ -77,6 +77,7 @@ class ModelServer(ModelCore):
             try:
                 consumer = KafkaConsumer(
                     self.args.promoted_topic,
+                    **self.args.kafka_security.client_options(),
                     bootstrap_servers=self.args.kafka_bootstrap_servers,
                     group_id=None,  # every replica sees every promotion
                     auto_offset_reset="latest",
@@ -130,6 +131,7 @@ def serving_args(settings: Settings) -> ServingArgs:
         redis_url=settings.redis_url.get_secret_value() if settings.redis_url else None,
         kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
         promoted_topic=settings.events.topic_for("fusion.model.promoted"),
+        kafka_security=settings.events.security,
         serving=settings.serving,
     )
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from fusion.core import tracing
 from fusion.core.errors import TypeMismatch
 from fusion.core.lake import Lake
-from fusion.core.settings import DatasetConfig, ServingConfig
+from fusion.core.settings import DatasetConfig, KafkaSecurity, ServingConfig
 from serving.breaker import CircuitBreaker
 from serving.guarded_redis import GuardedRedis
 from serving.metrics import ServingMetrics
@@ -57,6 +57,7 @@ class ServingArgs(BaseModel):
     redis_url: str | None = None
     kafka_bootstrap_servers: str | None = None
     promoted_topic: str = "fusion.model.promoted"
+    kafka_security: KafkaSecurity = KafkaSecurity()
     serving: ServingConfig = ServingConfig()
 
     def resolved_redis_url(self) -> str | None:

@@ -104,7 +104,7 @@ class KafkaEventBus:
         self.config = config
         self.bootstrap_servers = bootstrap_servers
         ensure_topics(bootstrap_servers, all_topics(config), config)
-        self.producer = durable_producer(bootstrap_servers, "fusion-events", config.timeout_s)
+        self.producer = durable_producer(bootstrap_servers, "fusion-events", config)
 
     def publish(self, event: CloudEvent) -> None:
         topic = self.config.topic_for(event.type)
@@ -116,12 +116,13 @@ class KafkaEventBus:
         self.producer.close(timeout=self.config.timeout_s)
 
 
-def durable_producer(bootstrap_servers: str, client_id: str, timeout_s: float) -> Any:
+def durable_producer(bootstrap_servers: str, client_id: str, config: EventsConfig) -> Any:
     """A producer whose sends are acknowledged by all in-sync replicas, retried without duplicates."""
     from kafka import KafkaProducer
 
-    timeout_ms = int(timeout_s * 1000)
+    timeout_ms = int(config.timeout_s * 1000)
     return KafkaProducer(
+        **config.security.client_options(),
         bootstrap_servers=bootstrap_servers,
         client_id=client_id,
         acks="all",
@@ -145,6 +146,7 @@ def ensure_topics(bootstrap_servers: str, topics: list[str], config: EventsConfi
 
     try:
         admin = KafkaAdminClient(
+            **config.security.client_options(),
             bootstrap_servers=bootstrap_servers,
             client_id="fusion-admin",
             request_timeout_ms=int(config.timeout_s * 1000),

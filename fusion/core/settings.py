@@ -387,6 +387,37 @@ class WorkerEnvironment(BaseSettings):
     pipeline: PipelineConfig = PipelineConfig()
 
 
+class KafkaSecurity(Frozen):
+    """How Fusion's Kafka clients authenticate and encrypt (infra/local's `secure` profile: SASL_SSL with
+    SCRAM-SHA-512 and the local CA). Every producer, consumer and admin client Fusion makes uses it."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    username: str | None = None
+    password: Secret | None = Field(None, description="a value, env:NAME or file:/path")
+    ssl_cafile: Path | None = Field(None, description="CA bundle the broker's certificate is checked against")
+
+    @model_validator(mode="after")
+    def _credentials_with_sasl(self) -> KafkaSecurity:
+        if self.protocol.startswith("SASL") and not (self.username and self.password):
+            raise ValueError(f"protocol {self.protocol} needs username and password")
+        return self
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments for kafka-python's KafkaProducer, KafkaConsumer and KafkaAdminClient."""
+        options: dict[str, Any] = {"security_protocol": self.protocol}
+        if self.protocol.startswith("SASL"):
+            assert self.password is not None  # checked above
+            options |= {
+                "sasl_mechanism": self.sasl_mechanism,
+                "sasl_plain_username": self.username,
+                "sasl_plain_password": self.password.get_secret_value(),
+            }
+        if self.protocol.endswith("SSL") and self.ssl_cafile is not None:
+            options["ssl_cafile"] = str(self.ssl_cafile)
+        return options
+
+
 class EventsConfig(Frozen):
     """The event bus when Kafka is configured (FUSION_KAFKA_BOOTSTRAP_SERVERS)."""
 
@@ -404,6 +435,7 @@ class EventsConfig(Frozen):
         None, ge=0, le=65535, description="`fusion trigger` serves Prometheus metrics here (e.g. 9464); off when unset"
     )
     metrics_host: str = Field("127.0.0.1", description="address of the trigger's metrics (0.0.0.0 in a pod)")
+    security: KafkaSecurity = KafkaSecurity()
 
     def topic_for(self, event_type: str) -> str:
         return self.topics.get(event_type, event_type)

@@ -23,7 +23,13 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-STATE=${FUSION_SERVICES_DIR:-$ROOT/.fusion/services}
+# FUSION_SERVICES_PROFILE=secure: Kafka on SASL_SSL (SCRAM-SHA-512) and Redis on TLS with an ACL user, both
+# with a certificate from a local CA this script makes, passwords generated into $STATE/secrets (0600);
+# `env` then prints references to those files, never the passwords. Its own state folder by default.
+PROFILE=${FUSION_SERVICES_PROFILE:-plain}
+case $PROFILE in plain) default_state=$ROOT/.fusion/services ;; secure) default_state=$ROOT/.fusion/services-secure ;;
+    *) printf 'error: FUSION_SERVICES_PROFILE is plain or secure, not %s\n' "$PROFILE" >&2; exit 1 ;; esac
+STATE=${FUSION_SERVICES_DIR:-$default_state}
 VENV=${VENV:-$ROOT/.venv}
 KAFKA_PORT=${FUSION_KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=$((KAFKA_PORT + 1))
@@ -71,6 +77,42 @@ launch() {
     echo $! >"$STATE/$name/pid"
 }
 
+secure() { [[ $PROFILE == secure ]]; }
+
+# The secure profile's local CA, the server certificate for 127.0.0.1 it signs, and generated passwords.
+ensure_secrets() {
+    local tls=$STATE/tls secrets=$STATE/secrets
+    mkdir -p "$tls" "$secrets"
+    chmod 700 "$tls" "$secrets"
+    if [[ ! -s $tls/server.pem ]]; then
+        command -v openssl >/dev/null || apt_install openssl
+        openssl req -x509 -newkey rsa:2048 -nodes -keyout "$tls/ca.key" -out "$tls/ca.crt" -days 825 \
+            -subj "/CN=Fusion local CA" 2>/dev/null
+        openssl req -newkey rsa:2048 -nodes -keyout "$tls/server.key" -out "$tls/server.csr" -subj "/CN=127.0.0.1" 2>/dev/null
+        openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -CAcreateserial -days 825 \
+            -out "$tls/server.crt" -extfile <(printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n') 2>/dev/null
+        openssl pkcs8 -topk8 -nocrypt -in "$tls/server.key" -out "$tls/server.pk8" # Kafka's PEM keystore: PKCS#8
+        cat "$tls/server.pk8" "$tls/server.crt" >"$tls/server.pem"
+        chmod 600 "$tls/ca.key" "$tls/server.key" "$tls/server.pk8" "$tls/server.pem"
+        chmod 644 "$tls/ca.crt"
+    fi
+    local name
+    for name in redis-password kafka-password kafka-admin-password; do
+        [[ -s $secrets/$name ]] || (umask 077; openssl rand -hex 24 >"$secrets/$name")
+    done
+}
+
+# The variables that point a Fusion process at the secure profile's services: references to the secret
+# files, never the values (KEY=VALUE per line).
+secure_env() {
+    secure || return 0
+    echo "FUSION_EVENTS__SECURITY__PROTOCOL=SASL_SSL"
+    echo "FUSION_EVENTS__SECURITY__USERNAME=fusion"
+    echo "FUSION_EVENTS__SECURITY__PASSWORD=file:$STATE/secrets/kafka-password"
+    echo "FUSION_EVENTS__SECURITY__SSL_CAFILE=$STATE/tls/ca.crt"
+    echo "FUSION_REDIS_URL=file:$STATE/secrets/redis-url"
+}
+
 apt_install() {
     command -v apt-get >/dev/null || die "need Debian's $* and apt-get is not here"
     local sudo=""
@@ -99,15 +141,22 @@ install_kafka() {
 start_kafka() {
     local dir=$STATE/kafka
     mkdir -p "$dir/data"
-    cat >"$dir/server.properties" <<EOF
+    local listener=PLAINTEXT scram=()
+    if secure; then
+        ensure_secrets
+        listener=SASL_SSL
+        scram=(--add-scram "SCRAM-SHA-512=[name=admin,password=$(cat "$STATE/secrets/kafka-admin-password")]"
+            --add-scram "SCRAM-SHA-512=[name=fusion,password=$(cat "$STATE/secrets/kafka-password")]")
+    fi
+    (umask 077; cat >"$dir/server.properties") <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=$listener://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=$listener://127.0.0.1:$KAFKA_PORT
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name=$listener
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,$listener:$listener
 log.dirs=$dir/data
 num.partitions=3
 offsets.topic.replication.factor=1
@@ -118,12 +167,24 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 EOF
+    if secure; then # the controller listener stays on loopback in plain text: the broker's only peer is itself
+        cat >>"$dir/server.properties" <<EOF
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$(cat "$STATE/secrets/kafka-admin-password")";
+ssl.keystore.type=PEM
+ssl.keystore.location=$STATE/tls/server.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$STATE/tls/ca.crt
+EOF
+    fi
     local java=(java -Xms128m -Xmx512m -XX:+UseG1GC -XX:TieredStopAtLevel=1
         "-Dlog4j2.configurationFile=$ROOT/infra/local/kafka/log4j2.properties" -cp "$dir/lib/*")
     if [[ ! -f $dir/data/meta.properties ]]; then
         local cluster_id
         cluster_id=$("${java[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
-        "${java[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" >"$dir/format.log" 2>&1 ||
+        "${java[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" "${scram[@]}" \
+            >"$dir/format.log" 2>&1 ||
             { cat "$dir/format.log" >&2; die "kafka: formatting the storage failed"; }
     fi
     launch kafka "${java[@]}" kafka.Kafka "$dir/server.properties"
@@ -131,12 +192,31 @@ EOF
 }
 
 # --- redis: Debian's redis-server, no persistence ----------------------------------------------------
-redis_ping() { redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
+redis_ping() {
+    if secure; then
+        REDISCLI_AUTH=$(cat "$STATE/secrets/redis-password") redis-cli --tls --cacert "$STATE/tls/ca.crt" \
+            --user fusion -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG
+    else
+        redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG
+    fi
+}
 install_redis() { command -v redis-server >/dev/null || apt_install redis-server; }
 start_redis() {
     mkdir -p "$STATE/redis"
-    launch redis redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
-        --dir "$STATE/redis" --daemonize no
+    local args=(--bind 127.0.0.1 --save "" --appendonly no --dir "$STATE/redis" --daemonize no)
+    if secure; then
+        ensure_secrets
+        # the default user off: every client authenticates as `fusion`, over TLS only
+        (umask 077; printf 'user default off\nuser fusion on >%s ~* &* +@all\n' \
+            "$(cat "$STATE/secrets/redis-password")" >"$STATE/redis/users.acl")
+        (umask 077; printf 'rediss://fusion:%s@127.0.0.1:%s/0?ssl_ca_certs=%s\n' "$(cat "$STATE/secrets/redis-password")" \
+            "$REDIS_PORT" "$STATE/tls/ca.crt" >"$STATE/secrets/redis-url")
+        args+=(--port 0 --tls-port "$REDIS_PORT" --tls-cert-file "$STATE/tls/server.crt" --tls-key-file "$STATE/tls/server.key"
+            --tls-ca-cert-file "$STATE/tls/ca.crt" --tls-auth-clients no --aclfile "$STATE/redis/users.acl")
+    else
+        args+=(--port "$REDIS_PORT")
+    fi
+    launch redis redis-server "${args[@]}"
     wait_until redis 30 redis_ping
 }
 
@@ -194,6 +274,7 @@ observe_env() {
     "$VENV/bin/python" -m fusion.core.tracing
     ! running jaeger || echo "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$JAEGER_OTLP_PORT"
     ! running pushgateway || echo "FUSION_PUSHGATEWAY_URL=http://127.0.0.1:$PUSHGATEWAY_PORT"
+    secure_env  # the worker's runs publish to the secure Kafka and write online features to the secure Redis
 }
 start_prefect() {
     up postgres # its database: a no-op when running
@@ -295,7 +376,8 @@ port_of() {
 
 url_of() {
     case $1 in
-        kafka) echo "127.0.0.1:$KAFKA_PORT" ;; redis) echo "redis://127.0.0.1:$REDIS_PORT/0" ;;
+        kafka) echo "127.0.0.1:$KAFKA_PORT$(secure && echo " (SASL_SSL, SCRAM-SHA-512)")" ;;
+        redis) if secure; then echo "rediss://fusion@127.0.0.1:$REDIS_PORT/0 (TLS, ACL user)"; else echo "redis://127.0.0.1:$REDIS_PORT/0"; fi ;;
         prefect) echo "http://127.0.0.1:$PREFECT_PORT (UI)" ;; prefect-worker) echo "work pool $WORK_POOL" ;;
         postgres) echo "postgresql://fusion@127.0.0.1:$POSTGRES_PORT/prefect" ;;
         mlflow) echo "http://127.0.0.1:$MLFLOW_PORT (UI)" ;;
@@ -348,7 +430,7 @@ status() {
 environment() {
     cat <<EOF
 export FUSION_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT
-export FUSION_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
+$(secure && secure_env | sed 's/^/export /' || echo "export FUSION_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0")
 export FUSION_MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
 export PREFECT_API_URL=http://127.0.0.1:$PREFECT_PORT/api
 EOF
