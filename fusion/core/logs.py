@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -144,30 +145,39 @@ def logging_environment() -> dict[str, str]:
 class _LineLogger(io.TextIOBase):
     """A text stream whose lines become log records (for libraries that print)."""
 
-    def __init__(self, logger: logging.Logger, level: int) -> None:
-        self.logger, self.level, self.pending = logger, level, ""
+    def __init__(self, logger: logging.Logger, level: int, fallback: Any) -> None:
+        self.logger, self.level, self.fallback, self.pending = logger, level, fallback, ""
+        self._inside = threading.local()
 
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
+        if getattr(self._inside, "logging", False):
+            # a handler of the record being logged writes to sys.stderr (MLflow's own does): that text goes
+            # where it would have gone, instead of round again
+            return int(self.fallback.write(text) or 0)
         *lines, self.pending = (self.pending + text).split("\n")
-        for line in lines:
-            if line.strip():
-                self.logger.log(self.level, line.rstrip())
+        self._inside.logging = True
+        try:
+            for line in lines:
+                if line.strip():
+                    self.logger.log(self.level, line.rstrip())
+        finally:
+            self._inside.logging = False
         return len(text)
 
     def flush(self) -> None:
-        if self.pending.strip():
-            self.logger.log(self.level, self.pending.rstrip())
-        self.pending = ""
+        pending, self.pending = self.pending, ""
+        if pending.strip():
+            self.write(pending + "\n")
 
 
 @contextlib.contextmanager
 def printed_to_log(logger: str, level: int = logging.INFO) -> Iterator[None]:
     """What a library prints inside the block (MLflow's "Created version ..." on stderr, "View run ..." on
     stdout) becomes log records of `logger`, so the process's output stays one JSON object per line."""
-    stream = _LineLogger(logging.getLogger(logger), level)
+    stream = _LineLogger(logging.getLogger(logger), level, sys.stderr)
     with contextlib.redirect_stderr(stream), contextlib.redirect_stdout(stream):  # type: ignore[type-var]
         try:
             yield

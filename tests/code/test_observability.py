@@ -80,6 +80,30 @@ def test_what_a_library_prints_becomes_log_records(caplog: pytest.LogCaptureFixt
     ]
 
 
+def test_a_handler_writing_to_stderr_inside_the_block_does_not_loop() -> None:
+    """MLflow's own handler writes to sys.stderr: its lines are written out once, not fed back as records."""
+    out = io.StringIO()
+    library = logging.getLogger("a.library.printing")
+    library.propagate = False
+    library.setLevel(logging.INFO)
+
+    class ToCurrentStderr(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            sys.stderr.write(f"{record.getMessage()}\n")  # MLflow's stream forwards to sys.stderr of the moment
+
+    library.addHandler(ToCurrentStderr())
+    original = sys.stderr
+    sys.stderr = out
+    try:
+        with logs.printed_to_log("a.library.printing"):
+            library.warning("from the library's logger")
+            print("printed by the library", file=sys.stderr)
+    finally:
+        sys.stderr = original
+        library.handlers.clear()
+    assert out.getvalue().splitlines() == ["from the library's logger", "printed by the library"]
+
+
 def test_configure_logging_writes_json_and_keeps_libraries_at_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(logs.FORMAT_ENV, "json")
     stream = io.StringIO()
