@@ -103,19 +103,26 @@ def _from_text(column: pl.Series, declared: ColumnType, timezone: str) -> pl.Ser
 def _datetimes(text: pl.Series, timezone: str) -> pl.Series:
     aware = text.str.contains(AWARE).fill_null(False)
     if not aware.any():
-        return _localize(text.str.to_datetime(time_unit="us", strict=False), timezone).dt.convert_time_zone("UTC")
+        return _localize(_parsed(text), timezone).dt.convert_time_zone("UTC")
     if not (~aware & text.is_not_null()).any():
-        return text.str.to_datetime(time_unit="us", strict=False, time_zone="UTC")
+        return _parsed(text, "UTC")
     # Both kinds in one column: each parsed by its own rule, then put back in row order.
     index = pl.int_range(len(text), eager=True)
     parts = [
-        text.filter(aware).str.to_datetime(time_unit="us", strict=False, time_zone="UTC"),
-        _localize(text.filter(~aware).str.to_datetime(time_unit="us", strict=False), timezone).dt.convert_time_zone(
-            "UTC"
-        ),
+        _parsed(text.filter(aware), "UTC"),
+        _localize(_parsed(text.filter(~aware)), timezone).dt.convert_time_zone("UTC"),
     ]
     positions = pl.concat([index.filter(aware), index.filter(~aware)])
     return pl.DataFrame({"i": positions, "v": pl.concat(parts)}).sort("i").get_column("v")
+
+
+def _parsed(text: pl.Series, time_zone: str | None = None) -> pl.Series:
+    """Text -> datetimes, a value that is none null (the caller names it). Polars infers the format from the
+    values and raises, instead of giving nulls, when no format fits any of them ("-2.5e+18", "soon")."""
+    try:
+        return text.str.to_datetime(time_unit="us", strict=False, time_zone=time_zone)
+    except pl.exceptions.ComputeError:
+        return pl.Series(text.name, [None] * len(text), dtype=pl.Datetime("us", time_zone))
 
 
 def _localize(naive: pl.Series, timezone: str) -> pl.Series:
