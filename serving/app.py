@@ -179,9 +179,10 @@ def ingress_environment(config: ServingConfig) -> dict[str, str]:
             "RAY_SERVE_ENABLE_HA_PROXY": "0",
             "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
         }
-    # short: Ray adds a 56-character folder, and HAProxy refuses socket paths over 97 characters
-    # /tmp on purpose: HAProxy refuses socket paths over 97 characters; mkdtemp makes a new 0700 folder
-    state = Path(tempfile.mkdtemp(prefix="fh", dir="/tmp" if Path("/tmp").is_dir() else None))  # nosec B108
+    # short: Ray adds a 56-character folder, and HAProxy refuses socket paths over 97 characters; mkdtemp
+    # makes a new 0700 folder there
+    short = Path("/tmp")  # nosec B108
+    state = Path(tempfile.mkdtemp(prefix="fh", dir=short if short.is_dir() else None))
     # Replicas listen with SO_REUSEPORT: two servers on one machine given the same ports (Ray's default
     # range is one for all) would silently share them, the kernel handing one server's requests to
     # the other's replicas. Each server takes a block of ports nobody listens on, sized for its

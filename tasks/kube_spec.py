@@ -48,7 +48,8 @@ def _env(config: KubernetesDaskConfig) -> dict[str, Any]:
 # A read-only root filesystem; what a worker writes goes to two emptyDirs: /tmp (Dask's spill and
 # scratch space) and the home, /var/lib/fusion (FUSION_HOME, Prefect's home, torch's and matplotlib's
 # caches through HOME).
-WRITABLE = {"tmp": "/tmp", "home": "/var/lib/fusion"}  # nosec B108  # mount paths of a pod's emptyDir volumes
+POD_TMP = "/tmp"  # nosec B108  # the mount path of a pod's emptyDir volume, not a file made here
+WRITABLE = {"tmp": POD_TMP, "home": "/var/lib/fusion"}
 
 
 def _security() -> dict[str, Any]:
