@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SERVICES
+from tests.conftest import services
 from tests.services.support import (
     TriggerProcess,
     consume,
@@ -50,9 +50,12 @@ def test_requests_from_kcat_and_kafka_python_each_create_a_run(trigger: TriggerP
     send(trigger.bootstrap, trigger.requests_topic, [request(by_python)])
     (run,) = wait_for_runs(trigger.api, by_kcat)
     sent = json.loads(payload)
-    assert run["parameters"] == {
+    parameters = dict(run["parameters"])
+    # the run continues the request's trace as a child of the trigger's own span (its run creation)
+    _, trace_id, parent_span, _ = parameters.pop("traceparent").split("-")
+    assert trace_id == sent["traceparent"].split("-")[1] and parent_span != sent["traceparent"].split("-")[2]
+    assert parameters == {
         "config": "configs/flights.yaml",
-        "traceparent": sent["traceparent"],
         "source_uri": "/data/flights-2014-01.parquet",
         "overrides": {"dataset": {"gate": {"min_delta": 0.01}}},
     }
@@ -119,8 +122,8 @@ def test_broker_restart_with_events_in_flight_loses_none_and_duplicates_none(tri
     before = [f"pre-{i}-{uuid.uuid4().hex[:6]}" for i in range(15)]
     after = [f"post-{i}-{uuid.uuid4().hex[:6]}" for i in range(15)]
     send(trigger.bootstrap, trigger.requests_topic, [request(e) for e in before])
-    subprocess.run([str(SERVICES), "down", "kafka"], check=True, capture_output=True, timeout=120)
-    subprocess.run([str(SERVICES), "up", "kafka"], check=True, capture_output=True, timeout=300)
+    services("down", "kafka", timeout=120)
+    services("up", "kafka", timeout=300)
     send(trigger.bootstrap, trigger.requests_topic, [request(e) for e in after])
     deadline = time.monotonic() + 120
     pending = set(before + after)
@@ -134,12 +137,12 @@ def test_broker_restart_with_events_in_flight_loses_none_and_duplicates_none(tri
 
 def test_prefect_api_down_holds_the_request_until_it_is_back(trigger: TriggerProcess) -> None:
     event_id = f"down-{uuid.uuid4().hex[:8]}"
-    subprocess.run([str(SERVICES), "down", "prefect"], check=True, capture_output=True, timeout=120)
+    services("down", "prefect", timeout=120)
     try:
         send(trigger.bootstrap, trigger.requests_topic, [request(event_id)])
         time.sleep(5)  # the trigger sees it, cannot create the run, backs off without committing
         assert trigger.process.poll() is None
     finally:
-        subprocess.run([str(SERVICES), "up", "prefect"], check=True, capture_output=True, timeout=300)
+        services("up", "prefect", timeout=300)
     assert len(wait_for_runs(trigger.api, event_id, timeout_s=60)) == 1
     assert "cannot create the run for event " + event_id in trigger.stderr.read_text()
