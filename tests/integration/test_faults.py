@@ -67,6 +67,9 @@ def test_a_worker_killed_while_training_costs_a_retry_not_the_run(
     assert sum(1 for entry in story if entry[2] == "processing") >= 2, story
     summary = outcome["summary"]
     assert summary.model_version == "1" and summary.promoted
-    registry = MlflowClient(tracking_uri=f"sqlite:///{fusion_home.resolve() / 'mlflow.db'}")
+    uri = f"sqlite:///{fusion_home.resolve() / 'mlflow.db'}"
+    # both URIs: without registry_uri the client follows MLflow's process-wide registry URI, which another
+    # test in this process may have set
+    registry = MlflowClient(tracking_uri=uri, registry_uri=uri)
     versions = registry.search_model_versions(f"name = '{summary.model_name}'")
     assert [str(v.version) for v in versions] == ["1"]
