@@ -4,13 +4,12 @@ data engineer sees in the Prefect and MLflow UIs and in GX's Data Docs, checked 
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import SERVICES
+from tests.conftest import services
 
 # FUSION_SCREENSHOTS=docs/screenshots keeps a PNG of every page checked (how the README's are made)
 SCREENSHOTS = os.environ.get("FUSION_SCREENSHOTS")
@@ -23,7 +22,7 @@ def chromium(offline: bool = False) -> Iterator[Any]:
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
-    subprocess.run([str(SERVICES), "browser"], check=True, capture_output=True, timeout=900)
+    services("browser")
     options = Options()
     options.binary_location = "/usr/bin/chromium"
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1440,1000"):

@@ -13,6 +13,11 @@ from typing import Any
 import polars as pl
 import pytest
 
+# The environment the suite was started with, before this file or any test changes this process's:
+# services.sh starts servers and workers in it. Code a test calls in-process (Project.open, a CLI
+# command) may set process-wide knobs (PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL=CRITICAL, PREFECT_HOME) that
+# a worker started later by a fixture must not inherit.
+LAUNCH_ENV = dict(os.environ)
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="fusion-tests-"))
 # Before anything imports Prefect (flows/ and tasks.pipeline_tasks do at import).
 os.environ.setdefault("PREFECT_HOME", str(_SESSION_HOME / "prefect"))
@@ -68,16 +73,28 @@ def fusion_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 SERVICES = REPO / "infra" / "local" / "services.sh"
 
 
+def services(*args: str, env: dict[str, str] | None = None, timeout: float = 900, check: bool = True) -> Any:
+    """infra/local/services.sh with `args`, in the environment the suite started with (LAUNCH_ENV) plus `env`;
+    output captured (text)."""
+    return subprocess.run(
+        [str(SERVICES), *args],
+        env={**LAUNCH_ENV, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+    )
+
+
 def _service(name: str) -> Iterator[None]:
     """Bring a real service up with infra/local's script; stop it after only if this session started it."""
-    status = subprocess.run([str(SERVICES), "status", name], capture_output=True, text=True, check=True)
-    was_running = f"{name}: running" in status.stderr
-    up = subprocess.run([str(SERVICES), "up", name], capture_output=True, text=True, timeout=900, check=False)
+    was_running = f"{name}: running" in services("status", name).stderr
+    up = services("up", name, check=False)
     if up.returncode != 0:
         pytest.fail(f"could not start {name}: {up.stderr[-2000:]}")
     yield
     if not was_running:
-        subprocess.run([str(SERVICES), "down", name], capture_output=True, timeout=120, check=False)
+        services("down", name, timeout=120, check=False)
 
 
 @pytest.fixture(scope="session")

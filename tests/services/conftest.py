@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, SERVICES, _service
+from tests.conftest import REPO, _service, services
+from tests.services.support import WORKER_LOG, delete_scheduled_runs
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +60,7 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def kcat() -> str:
-    subprocess.run([str(SERVICES), "tools"], check=True, capture_output=True, timeout=600)
+    services("tools", timeout=600)
     path = shutil.which("kcat")
     assert path, "kcat was not installed"
     return path
@@ -72,3 +73,20 @@ def close_producers(kafka_bootstrap: str) -> Iterator[None]:
     from fusion.core.events import close_event_buses
 
     close_event_buses()
+
+
+@pytest.fixture
+def worker(prefect_api: str, jaeger: str) -> Iterator[None]:
+    """The local worker, started after Jaeger so that its runs export spans there (services.sh gives it
+    OTEL_EXPORTER_OTLP_ENDPOINT then) and, as services.sh starts it, logging JSON. A worker that was
+    running without the endpoint (started before Jaeger) is restarted."""
+    delete_scheduled_runs(prefect_api)  # nothing but this test's run may reach the worker
+    pid = WORKER_LOG.with_name("pid")
+    if pid.is_file() and Path(f"/proc/{pid.read_text().strip()}").exists():
+        environ = Path(f"/proc/{pid.read_text().strip()}/environ").read_bytes().split(b"\0")
+        if not any(v.startswith(b"OTEL_EXPORTER_OTLP_ENDPOINT=") for v in environ):
+            services("down", "prefect-worker", timeout=120)
+    service = _service("prefect-worker")
+    next(service)
+    yield
+    next(service, None)

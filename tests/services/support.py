@@ -16,7 +16,9 @@ import httpx
 from kafka import KafkaConsumer, KafkaProducer
 
 from fusion.core.settings import EventsConfig
-from tests.conftest import REPO
+from tests.conftest import REPO, SERVICES_STATE
+
+WORKER_LOG = SERVICES_STATE / "prefect-worker" / "log"  # the local worker's (services.sh)
 
 STAGES = [
     "fusion.data.ready",

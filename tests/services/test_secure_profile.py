@@ -22,7 +22,7 @@ import httpx
 import polars as pl
 import pytest
 
-from tests.conftest import REPO, SERVICES
+from tests.conftest import LAUNCH_ENV, REPO, services
 from tests.services.support import STAGES, TriggerProcess
 from tests.serving.conftest import free_port
 
@@ -47,22 +47,21 @@ def secure_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     """Secure Kafka and Redis; yields the variables `services.sh env` prints for them."""
     state = tmp_path_factory.mktemp("secure-services")
     env = {
-        **os.environ,
         "FUSION_SERVICES_PROFILE": "secure",
         "FUSION_SERVICES_DIR": str(state),
         "FUSION_KAFKA_PORT": str(free_pair()),
         "FUSION_REDIS_PORT": str(free_port()),
     }
-    up = subprocess.run([str(SERVICES), "up", "kafka", "redis"], env=env, capture_output=True, text=True, timeout=900)
+    up = services("up", "kafka", "redis", env=env, check=False)
     assert up.returncode == 0, up.stderr[-3000:]
     try:
-        printed = subprocess.run([str(SERVICES), "env"], env=env, capture_output=True, text=True, check=True).stdout
+        printed = services("env", env=env).stdout
         variables = dict(line.removeprefix("export ").split("=", 1) for line in printed.splitlines())
         # Kafka and Redis only (the MLflow and Prefect lines name the plain stack's servers)
         wanted = ("FUSION_KAFKA_", "FUSION_EVENTS__SECURITY__", "FUSION_REDIS_")
         yield {k: v for k, v in variables.items() if k.startswith(wanted)}
     finally:
-        subprocess.run([str(SERVICES), "down", "kafka", "redis"], env=env, capture_output=True, timeout=120)
+        services("down", "kafka", "redis", env=env, timeout=120, check=False)
 
 
 def kafka_options(stack: dict[str, str]) -> dict[str, Any]:
@@ -107,7 +106,7 @@ def secure_deployment(prefect_api: str, secure_stack: dict[str, str], tmp_path: 
     """A work pool and a deployment of the flow of this test's own, and a process worker for them that has
     the secure profile's environment (as services.sh gives its worker)."""
     pool, name = f"fusion-secure-{uuid.uuid4().hex[:6]}", f"secure-{uuid.uuid4().hex[:6]}"
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, **secure_stack}
+    env = {**LAUNCH_ENV, "PREFECT_HOME": os.environ["PREFECT_HOME"], "PREFECT_API_URL": prefect_api, **secure_stack}
     prefect = str(Path(sys.executable).parent / "prefect")
     subprocess.run(
         [prefect, "work-pool", "create", pool, "--type", "process"], env=env, check=True, capture_output=True

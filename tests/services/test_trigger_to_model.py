@@ -4,11 +4,8 @@ and a champion in the MLflow server's registry."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +14,12 @@ import pytest
 
 from fusion.core.events import CloudEvent
 from tests.browser import page_shows
-from tests.conftest import REPO, SERVICES, _service, jaeger_otlp
+from tests.conftest import jaeger_otlp
 from tests.services.support import (
     STAGES,
+    WORKER_LOG,
     TriggerProcess,
     consume,
-    delete_scheduled_runs,
     isolated_config,
     runs_for,
     send,
@@ -30,26 +27,6 @@ from tests.services.support import (
 )
 
 pytestmark = pytest.mark.services
-
-
-WORKER_LOG = Path(os.environ.get("FUSION_SERVICES_DIR", REPO / ".fusion" / "services")) / "prefect-worker" / "log"
-
-
-@pytest.fixture
-def worker(prefect_api: str, jaeger: str) -> Iterator[None]:
-    """The local worker, started after Jaeger so that its runs export spans there (services.sh gives it
-    OTEL_EXPORTER_OTLP_ENDPOINT then) and, as services.sh starts it, logging JSON. A worker that was
-    running without the endpoint (started before Jaeger) is restarted."""
-    delete_scheduled_runs(prefect_api)  # nothing but this test's run may reach the worker
-    pid = WORKER_LOG.with_name("pid")
-    if pid.is_file() and Path(f"/proc/{pid.read_text().strip()}").exists():
-        environ = Path(f"/proc/{pid.read_text().strip()}/environ").read_bytes().split(b"\0")
-        if not any(v.startswith(b"OTEL_EXPORTER_OTLP_ENDPOINT=") for v in environ):
-            subprocess.run([str(SERVICES), "down", "prefect-worker"], check=True, capture_output=True, timeout=120)
-    service = _service("prefect-worker")
-    next(service)
-    yield
-    next(service, None)
 
 
 def test_request_becomes_a_completed_run_whose_events_share_its_trace(

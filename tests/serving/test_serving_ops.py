@@ -3,7 +3,6 @@ Redis killed mid-load, bearer JWT, promotions arriving as Kafka events."""
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from tests.conftest import SERVICES
+from tests.conftest import services
 from tests.serving.conftest import Served
 from tests.serving.test_serving import MODEL, feature_rows, json_rows, metric, registered_model, wait_for_version
 
@@ -93,11 +92,11 @@ def test_redis_killed_mid_load_costs_no_request_and_the_cache_comes_back(served:
         w.start()
     try:
         time.sleep(1.5)
-        subprocess.run([str(SERVICES), "down", "redis"], check=True, capture_output=True, timeout=60)
+        services("down", "redis", timeout=60)
         down_at = len(statuses)
         time.sleep(3.0)
         during = len(statuses) - down_at
-        subprocess.run([str(SERVICES), "up", "redis"], check=True, capture_output=True, timeout=120)
+        services("up", "redis", timeout=120)
         time.sleep(1.0)
     finally:
         stop.set()
