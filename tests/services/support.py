@@ -42,17 +42,24 @@ def isolated_config(**extra: Any) -> EventsConfig:
 
 
 def consume(bootstrap: str, topics: list[str], count: int, timeout_s: float = 30) -> list[Any]:
-    consumer = KafkaConsumer(
-        *topics,
-        bootstrap_servers=bootstrap,
-        group_id=f"test-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        fetch_max_wait_ms=50,
-    )
+    """Up to `count` records from the start of `topics`, read by partition assignment, not a consumer
+    group: a group's first assignment can be computed before the new subscription's metadata arrives,
+    leaving the consumer with no partitions until its next metadata refresh (minutes)."""
+    from kafka import TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50)
     records: list[Any] = []
     deadline = time.monotonic() + timeout_s
     try:
+        partitions: list[TopicPartition] = []
+        for topic in topics:
+            found = consumer.partitions_for_topic(topic)
+            while not found and time.monotonic() < deadline:  # not created yet
+                time.sleep(0.2)
+                found = consumer.partitions_for_topic(topic)
+            partitions += [TopicPartition(topic, p) for p in sorted(found)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
         while len(records) < count and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=200).values():
                 records.extend(batch)
