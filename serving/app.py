@@ -36,8 +36,8 @@ QUIET = {"enable_access_log": False, "log_level": "WARNING"}
 
 
 def serve_logging() -> dict[str, Any]:
-    """Serve's logging config: warnings and up, no access log (its cost per request is measured in
-    docs/BENCHMARKS.md; /metrics counts requests); JSON lines in its log files with FUSION_LOG_FORMAT=json."""
+    """Serve's logging config: warnings and up, no access log (a record per request on the hot path, its
+    cost not measured yet; /metrics counts requests); JSON lines in its log files with FUSION_LOG_FORMAT=json."""
     return {**QUIET, "encoding": "JSON" if log_format() == "json" else "TEXT"}
 
 

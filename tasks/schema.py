@@ -117,8 +117,8 @@ def _datetimes(text: pl.Series, timezone: str) -> pl.Series:
 
 
 def _parsed(text: pl.Series, time_zone: str | None = None) -> pl.Series:
-    """Text -> datetimes, a value that is none null (the caller names it). Polars infers the format from the
-    values and raises, instead of giving nulls, when no format fits any of them ("-2.5e+18", "soon")."""
+    """Text -> datetimes; a value that parses as none is null (the caller names it). Polars infers the format
+    from the values and raises, instead of giving nulls, when no format fits any of them ("-2.5e+18", "soon")."""
     try:
         return text.str.to_datetime(time_unit="us", strict=False, time_zone=time_zone)
     except pl.exceptions.ComputeError:

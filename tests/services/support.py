@@ -41,13 +41,14 @@ def isolated_config(**extra: Any) -> EventsConfig:
     )
 
 
-def consume(bootstrap: str, topics: list[str], count: int, timeout_s: float = 30) -> list[Any]:
+def consume(bootstrap: str, topics: list[str], count: int, timeout_s: float = 30, **options: Any) -> list[Any]:
     """Up to `count` records from the start of `topics`, read by partition assignment, not a consumer
     group: a group's first assignment can be computed before the new subscription's metadata arrives,
-    leaving the consumer with no partitions until its next metadata refresh (minutes)."""
+    leaving the consumer with no partitions until its next metadata refresh (minutes). `options`: more
+    KafkaConsumer arguments (security)."""
     from kafka import TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50, **options)
     records: list[Any] = []
     deadline = time.monotonic() + timeout_s
     try:
@@ -142,6 +143,56 @@ def wait_for_runs(api: str, event_id: str, timeout_s: float = 30) -> list[dict[s
             return runs
         time.sleep(0.2)
     return []
+
+
+FINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+def flow_run(api: str, run_id: str) -> dict[str, Any]:
+    found: dict[str, Any] = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
+    return found
+
+
+def wait_until_final(api: str, run_id: str, timeout_s: float = 400) -> dict[str, Any]:
+    """The flow run once its state is final, or as it is when `timeout_s` runs out."""
+    deadline = time.monotonic() + timeout_s
+    run = flow_run(api, run_id)
+    while run["state"]["type"] not in FINAL_STATES and time.monotonic() < deadline:
+        time.sleep(1)
+        run = flow_run(api, run_id)
+    return run
+
+
+def card_request(
+    event_id: str, source: str, paths: dict[str, Path], home: Path, *, traceparent: str | None = None, **params: Any
+) -> bytes:
+    """A `fusion.ingest.requested` event for a card_transactions run (tests/datasets) in a home of its own,
+    registering a model named after the event (card_model_name); `params`: more settings overrides."""
+    event: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": source,
+        "type": "fusion.ingest.requested",
+        "data": {
+            "dataset": "card_transactions",
+            "uri": str(paths["transactions"]),
+            "params": {
+                "home": str(home),
+                "dataset": {
+                    "source": {"tables": {"accounts": {"uri": str(paths["accounts"])}}},
+                    "model": {"registered_name": card_model_name(event_id)},
+                },
+                **params,
+            },
+        },
+    }
+    if traceparent:
+        event["traceparent"] = traceparent
+    return json.dumps(event).encode()
+
+
+def card_model_name(event_id: str) -> str:
+    return "card_fraud_" + event_id.replace("-", "_")
 
 
 def send(bootstrap: str, topic: str, payloads: list[bytes]) -> None:

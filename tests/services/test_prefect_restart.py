@@ -5,26 +5,28 @@ also when the request arrives again while the server is down; a completed run re
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import services
-from tests.services.support import TriggerProcess, isolated_config, runs_for, send, wait_for_runs
+from tests.services.support import (
+    FINAL_STATES,
+    TriggerProcess,
+    card_model_name,
+    card_request,
+    flow_run,
+    isolated_config,
+    runs_for,
+    send,
+    wait_for_runs,
+    wait_until_final,
+)
 
 pytestmark = pytest.mark.services
-
-FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
-
-
-def flow_run(api: str, run_id: str) -> dict[str, Any]:
-    found: dict[str, Any] = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
-    return found
 
 
 def completed_task_runs(api: str, run_id: str) -> int:
@@ -42,37 +44,22 @@ def test_a_prefect_restart_mid_run_ends_the_run_cleanly_and_duplicates_nothing(
     trigger = TriggerProcess(kafka_bootstrap, prefect_api, tmp_path)
     home = tmp_path / "home"
     try:
-        paths = write(tmp_path / "data")
         event_id = f"restart-{uuid.uuid4().hex[:8]}"
-        model_name = f"card_fraud_{event_id.replace('-', '_')}"
-        request = json.dumps(
-            {
-                "specversion": "1.0",
-                "id": event_id,
-                "source": "/tests/faults",
-                "type": "fusion.ingest.requested",
-                "data": {
-                    "dataset": "card_transactions",
-                    "uri": str(paths["transactions"]),
-                    "params": {
-                        "home": str(home),
-                        "kafka_bootstrap_servers": kafka_bootstrap,
-                        "events": {"topics": isolated_config().topics},
-                        "dataset": {
-                            "source": {"tables": {"accounts": {"uri": str(paths["accounts"])}}},
-                            "model": {"registered_name": model_name},
-                        },
-                    },
-                },
-            }
-        ).encode()
+        request = card_request(
+            event_id,
+            "/tests/faults",
+            write(tmp_path / "data"),
+            home,
+            kafka_bootstrap_servers=kafka_bootstrap,
+            events={"topics": isolated_config().topics},
+        )
         send(kafka_bootstrap, trigger.requests_topic, [request])
         (run,) = wait_for_runs(prefect_api, event_id, timeout_s=60)
         # in flight: running, with a stage done
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             state = flow_run(prefect_api, run["id"])["state"]["type"]
-            assert state not in FINAL, f"the run ended ({state}) before the server could be restarted"
+            assert state not in FINAL_STATES, f"the run ended ({state}) before the server could be restarted"
             if state == "RUNNING" and completed_task_runs(prefect_api, run["id"]) >= 1:
                 break
             time.sleep(0.5)
@@ -86,17 +73,14 @@ def test_a_prefect_restart_mid_run_ends_the_run_cleanly_and_duplicates_nothing(
         finally:
             services("up", "prefect", timeout=300)
 
-        deadline = time.monotonic() + 400
-        ended = flow_run(prefect_api, run["id"])
-        while ended["state"]["type"] not in FINAL and time.monotonic() < deadline:
-            time.sleep(2)
-            ended = flow_run(prefect_api, run["id"])
+        ended = wait_until_final(prefect_api, run["id"])
         state, message = ended["state"]["type"], ended["state"].get("message") or ""
-        assert state in FINAL, f"the run is left {state} after the restart"
+        assert state in FINAL_STATES, f"the run is left {state} after the restart"
         assert dt.datetime.fromisoformat(ended["end_time"]) > down_at  # it was in flight when the server went
         assert [r["id"] for r in runs_for(prefect_api, event_id)] == [run["id"]]
         uri = f"sqlite:///{home.resolve() / 'mlflow.db'}"
-        versions = MlflowClient(tracking_uri=uri, registry_uri=uri).search_model_versions(f"name = '{model_name}'")
+        registry = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        versions = registry.search_model_versions(f"name = '{card_model_name(event_id)}'")
         if state == "COMPLETED":
             assert [str(v.version) for v in versions] == ["1"]
         else:  # failed cleanly: the state says why

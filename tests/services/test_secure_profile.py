@@ -23,7 +23,15 @@ import polars as pl
 import pytest
 
 from tests.conftest import LAUNCH_ENV, REPO, services
-from tests.services.support import STAGES, TriggerProcess
+from tests.services.support import (
+    STAGES,
+    TriggerProcess,
+    card_model_name,
+    card_request,
+    consume,
+    wait_for_runs,
+    wait_until_final,
+)
 from tests.serving.conftest import free_port
 
 pytestmark = pytest.mark.services
@@ -143,12 +151,11 @@ def secure_deployment(prefect_api: str, secure_stack: dict[str, str], tmp_path: 
 def test_a_triggered_run_and_a_served_prediction_on_the_secure_profile(
     secure_stack: dict[str, str], prefect_api: str, secure_deployment: str, tmp_path: Path
 ) -> None:
-    from kafka import KafkaConsumer, KafkaProducer
+    from kafka import KafkaProducer
 
     from tests.datasets.card_transactions import write
 
     paths = write(tmp_path / "data")
-    name = f"card_fraud_secure_{uuid.uuid4().hex[:6]}"
     home = tmp_path / "home"
     trigger = TriggerProcess(
         secure_stack["FUSION_KAFKA_BOOTSTRAP_SERVERS"],
@@ -158,40 +165,20 @@ def test_a_triggered_run_and_a_served_prediction_on_the_secure_profile(
     )
     try:
         event_id = f"secure-{uuid.uuid4().hex[:8]}"
-        request = {
-            "specversion": "1.0",
-            "id": event_id,
-            "source": "/tests/secure",
-            "type": "fusion.ingest.requested",
-            "data": {
-                "dataset": "card_transactions",
-                "uri": str(paths["transactions"]),
-                "params": {
-                    "home": str(home),
-                    "dataset": {
-                        "source": {"tables": {"accounts": {"uri": str(paths["accounts"])}}},
-                        "model": {"registered_name": name},
-                    },
-                },
-            },
-        }
+        name = card_model_name(event_id)
         producer = KafkaProducer(acks="all", **kafka_options(secure_stack))
-        producer.send(trigger.requests_topic, json.dumps(request).encode()).get(timeout=30)
+        request = card_request(event_id, "/tests/secure", paths, home)
+        producer.send(trigger.requests_topic, request).get(timeout=30)
         producer.close()
-        state = wait_for_run(prefect_api, event_id)
+        (run,) = wait_for_runs(prefect_api, event_id, timeout_s=60)
+        state = wait_until_final(prefect_api, run["id"])["state"]["type"]
         assert state == "COMPLETED", state
     finally:
         assert trigger.stop() == 0
     # the run's events, read back over SASL_SSL
-    consumer = KafkaConsumer(
-        *STAGES, group_id=f"t-{uuid.uuid4().hex[:6]}", auto_offset_reset="earliest", **kafka_options(secure_stack)
-    )
-    seen: set[str] = set()
-    deadline = time.monotonic() + 60
-    while seen != set(STAGES) and time.monotonic() < deadline:
-        for records in consumer.poll(timeout_ms=500).values():
-            seen |= {json.loads(r.value)["type"] for r in records if json.loads(r.value)["data"].get("dataset")}
-    consumer.close()
+    options = kafka_options(secure_stack)
+    records = consume(options.pop("bootstrap_servers"), STAGES, len(STAGES), timeout_s=60, **options)
+    seen = {json.loads(r.value)["type"] for r in records}
     assert seen == set(STAGES)
     # served through the secure Redis: the second identical request is a cache hit
     url = serve(secure_stack, home, name, tmp_path)
@@ -203,20 +190,6 @@ def test_a_triggered_run_and_a_served_prediction_on_the_secure_profile(
         assert again["predictions"] == first["predictions"]
     finally:
         stop_serving(url)
-
-
-def wait_for_run(api: str, event_id: str, timeout_s: float = 400) -> str:
-    deadline = time.monotonic() + timeout_s
-    body = {"flow_runs": {"tags": {"all_": [f"event:{event_id}"]}}}
-    state = "none"
-    while time.monotonic() < deadline:
-        runs = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
-        if runs:
-            state = runs[0]["state"]["type"]
-            if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-                return str(state)
-        time.sleep(2)
-    return state
 
 
 SERVERS: dict[str, subprocess.Popen[bytes]] = {}

@@ -19,11 +19,14 @@ from tests.services.support import (
     STAGES,
     WORKER_LOG,
     TriggerProcess,
+    card_model_name,
+    card_request,
     consume,
     isolated_config,
     runs_for,
     send,
     wait_for_runs,
+    wait_until_final,
 )
 
 pytestmark = pytest.mark.services
@@ -48,37 +51,22 @@ def test_request_becomes_a_completed_run_whose_events_share_its_trace(
         events = isolated_config()
         trace_id = uuid.uuid4().hex
         event_id = f"e2e-{uuid.uuid4().hex[:8]}"
-        model_name = f"card_fraud_{event_id.replace('-', '_')}"
-        payload = {
-            "specversion": "1.0",
-            "id": event_id,
-            "source": "/tests/e2e",
-            "type": "fusion.ingest.requested",
-            "traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01",
-            "data": {
-                "dataset": "card_transactions",
-                "uri": str(paths["transactions"]),
-                # everything else a run needs, as overrides: its own home, the accounts table, Kafka topics,
-                # the MLflow server and a registered model of its own there
-                "params": {
-                    "home": str(tmp_path / "home"),
-                    "kafka_bootstrap_servers": kafka_bootstrap,
-                    "mlflow_tracking_uri": mlflow_server,
-                    "events": {"topics": events.topics},
-                    "dataset": {
-                        "source": {"tables": {"accounts": {"uri": str(paths["accounts"])}}},
-                        "model": {"registered_name": model_name},
-                    },
-                },
-            },
-        }
-        send(kafka_bootstrap, trigger.requests_topic, [json.dumps(payload).encode()])
+        model_name = card_model_name(event_id)
+        # everything else a run needs, as overrides: its own home, the accounts table, Kafka topics, the
+        # MLflow server and a registered model of its own there
+        request = card_request(
+            event_id,
+            "/tests/e2e",
+            paths,
+            tmp_path / "home",
+            traceparent=f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01",
+            kafka_bootstrap_servers=kafka_bootstrap,
+            mlflow_tracking_uri=mlflow_server,
+            events={"topics": events.topics},
+        )
+        send(kafka_bootstrap, trigger.requests_topic, [request])
         (run,) = wait_for_runs(prefect_api, event_id)
-        deadline = time.monotonic() + 300
-        state = run["state"]["type"]
-        while state not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and time.monotonic() < deadline:
-            time.sleep(1)
-            state = httpx.get(f"{prefect_api}/flow_runs/{run['id']}", timeout=10).json()["state"]["type"]
+        state = wait_until_final(prefect_api, run["id"], timeout_s=300)["state"]["type"]
         assert state == "COMPLETED", state
         assert_logs_are_json_lines(WORKER_LOG, worker_log_start, run["id"], trace_id)
         records = consume(kafka_bootstrap, [events.topic_for(t) for t in STAGES], len(STAGES), timeout_s=30)
