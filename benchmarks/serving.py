@@ -198,6 +198,7 @@ def component(process: psutil.Process) -> str | None:
         ("ProxyActor", "Serve proxy"),
         ("ServeController", "Serve controller"),
         ("redis-server", "Redis"),
+        ("fusion serve", "fusion serve"),  # the driver: Ray's start, then following the replicas' log files
     ):
         if key in name or key in command:
             return part
@@ -438,6 +439,122 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+LOG_SETUPS = (
+    ("text logs, no access log", {"FUSION_LOG_FORMAT": "text", "FUSION_SERVING__ACCESS_LOG": "false"}),
+    ("JSON logs, no access log", {"FUSION_LOG_FORMAT": "json", "FUSION_SERVING__ACCESS_LOG": "false"}),
+    ("JSON logs, access log", {"FUSION_LOG_FORMAT": "json", "FUSION_SERVING__ACCESS_LOG": "true"}),
+)
+LOG_CLIENTS = (8, 32)
+
+
+def measure_logs(home: Path, seconds: float, warmup_s: float, replicas: int, rounds: int) -> dict[str, Any]:
+    """Fusion (`direct` ingress) under each logging setup in turn, `rounds` times over (ABCABC: drift
+    falls on every setup alike): cache hits and misses at 8 and 32 clients."""
+    env = {**os.environ, "FUSION_HOME": str(home), "FUSION_REDIS_URL": REDIS_URL, "PYTHONUNBUFFERED": "1"}
+    env |= {"FUSION_SERVING__REPLICAS": str(replicas), "FUSION_SERVING__INGRESS": INGRESSES[0]}
+    cells: list[dict[str, Any]] = []
+    rows: pl.DataFrame | None = None
+    startup: dict[str, float] = {}
+    for round_ in range(rounds):
+        for name, setup in LOG_SETUPS:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            server = Servers(home)
+            command = [str(BIN / "fusion"), "serve", "--config", CONFIG, "--port", str(port)]
+            server.start(f"fusion-{len(cells)}", command, {**env, **setup}, f"{url}/v2/health/ready")
+            startup[name] = max(startup.get(name, 0.0), *server.startup_s.values())
+            try:
+                rows = model_rows(home, url) if rows is None else rows
+                for cell in log_cells(url, rows, sum(c["sent"] for c in cells), seconds, warmup_s):
+                    cells.append({"setup": name, "round": round_, **cell})
+                    print(json.dumps(cells[-1]), file=sys.stderr, flush=True)
+            finally:
+                server.stop()
+    return {"cells": cells, "startup_s": startup}
+
+
+def log_cells(url: str, rows: pl.DataFrame, used: int, seconds: float, warmup_s: float) -> list[dict[str, Any]]:
+    """Cache misses (rows after the first `used` + the hot ones: never sent before) and hits, per clients."""
+    columns, data = rows.columns, rows.rows()
+    hot = data[:HOT_ROWS]
+    for row in hot:
+        headers = {"Content-Type": "application/json"}
+        httpx.post(f"{url}/invocations", content=split_body(columns, row), headers=headers, timeout=30)
+    cells: list[dict[str, Any]] = []
+    for clients in LOG_CLIENTS:
+        start = HOT_ROWS + used
+        sent = iter(range(10**9))
+
+        def fresh(i: int, start: int = start, sent: Any = sent) -> bytes:
+            next(sent)
+            return split_body(columns, data[(start + i) % len(data)])
+
+        def cached(i: int) -> bytes:
+            return split_body(columns, hot[i % HOT_ROWS])
+
+        for kind, body in (("cache miss", fresh), ("cache hit", cached)):
+            cpu = cpu_seconds()
+            cell = asyncio.run(drive(f"{url}/invocations", body, clients, seconds, warmup_s))
+            answered = int(cell["requests"] * (seconds + warmup_s) / seconds)
+            cell["cpu_ms"] = sum(cpu_ms_per_request(cpu, answered).values())
+            cell["sent"] = next(sent) if kind == "cache miss" else 0  # fresh rows this cell took
+            used += cell["sent"]
+            cells.append({"kind": kind, "clients": clients, **cell})
+    return cells
+
+
+def report_logs(results: dict[str, Any]) -> str:
+    cells = results["cells"]
+
+    def mean(setup: str, kind: str, clients: int, key: str) -> float:
+        found = [c[key] for c in cells if (c["setup"], c["kind"], c["clients"]) == (setup, kind, clients)]
+        return float(np.mean(found))
+
+    base, json_only, access = (name for name, _ in LOG_SETUPS)
+    lines = [
+        "## Serving logs (`make bench-serving-logs`)",
+        "",
+        f"Measured {results['date']} on {results['machine']}.",
+        f"Command: `{results['command']}`. `fusion serve` (`direct` ingress, {results['replicas']} replicas, the "
+        "shipped flights champion, registered by a pipeline run in the same benchmark run) under three logging "
+        "setups: `FUSION_LOG_FORMAT` text or json, `serving.access_log` off or on (a JSON line per request in "
+        "the replica's log file, copied by `fusion serve` to its stderr). Each setup started "
+        f"{results['rounds']} times, in turn (ABCABC); one row per `/invocations` request, "
+        f"{results['seconds']:.0f} s per cell after {results['warmup_s']:.0f} s of warm-up, closed-loop clients "
+        "on the same 2 cores; figures are the rounds' mean. CPU: ms per answered request over every serving "
+        "process (HAProxy, replicas, Ray, Redis, `fusion serve`, the client).",
+        "",
+        "| setup | request | clients | req/s | p50 ms | p99 ms | CPU ms/request | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, _ in LOG_SETUPS:
+        for kind in ("cache miss", "cache hit"):
+            for clients in LOG_CLIENTS:
+                errors = sum(
+                    c["errors"] + c["rejected_503"]
+                    for c in cells
+                    if (c["setup"], c["kind"], c["clients"]) == (name, kind, clients)
+                )
+                lines.append(
+                    f"| {name} | {kind} | {clients} | {mean(name, kind, clients, 'rps'):.0f} "
+                    f"| {mean(name, kind, clients, 'p50_ms'):.1f} | {mean(name, kind, clients, 'p99_ms'):.1f} "
+                    f"| {mean(name, kind, clients, 'cpu_ms'):.2f} | {errors} |"
+                )
+
+    def ratios(a: str, b: str, kind: str) -> str:
+        return ", ".join(f"**{mean(a, kind, n, 'rps') / mean(b, kind, n, 'rps'):.2f}x** at {n}" for n in LOG_CLIENTS)
+
+    lines += [
+        "",
+        "Ratios of req/s within this run:",
+        f"- access log on vs off (both JSON): cache miss {ratios(access, json_only, 'cache miss')}; "
+        f"cache hit {ratios(access, json_only, 'cache hit')}.",
+        f"- JSON vs text logs (access log off): cache miss {ratios(json_only, base, 'cache miss')}; "
+        f"cache hit {ratios(json_only, base, 'cache hit')}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per cell")
@@ -446,6 +563,8 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=2, help="Fusion model replicas (serving.replicas)")
     parser.add_argument("--home", type=Path, help="reuse a FUSION_HOME with a champion (skips the pipeline run)")
     parser.add_argument("--write", type=Path, help="update this BENCHMARKS.md")
+    parser.add_argument("--logs", action="store_true", help="the cost of JSON logs and of the access log instead")
+    parser.add_argument("--rounds", type=int, default=2, help="with --logs: times each setup is measured")
     args = parser.parse_args()
     status = subprocess.run([str(SERVICES), "status", "redis"], capture_output=True, text=True, check=True)
     started_redis = "redis: running" not in status.stderr
@@ -456,7 +575,10 @@ def main() -> None:
             env = {**os.environ, "FUSION_HOME": str(home), "FUSION_REDIS_URL": REDIS_URL}
             summary = register_model(home, env)
             print(f"registered {MODEL} v{summary.get('model_version')}", file=sys.stderr)
-        results = measure(home, args.seconds, args.warmup, args.mlflow_workers, args.replicas)
+        if args.logs:
+            results = measure_logs(home, args.seconds, args.warmup, args.replicas, args.rounds)
+        else:
+            results = measure(home, args.seconds, args.warmup, args.mlflow_workers, args.replicas)
     finally:
         if started_redis:
             subprocess.run([str(SERVICES), "down", "redis"], check=False)
@@ -465,12 +587,13 @@ def main() -> None:
     results.update(
         date=dt.date.today().isoformat(),
         machine=machine(),
-        command="make bench-serving",
+        command="make bench-serving-logs" if args.logs else "make bench-serving",
         replicas=args.replicas,
         seconds=args.seconds,
         warmup_s=args.warmup,
+        rounds=args.rounds,
     )
-    section = report(results)
+    section = report_logs(results) if args.logs else report(results)
     print(section)
     if args.write:
         write_section(args.write, section)

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -25,9 +26,10 @@ from ray import serve
 from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
-from fusion.core.logs import configure_logging, json_everywhere, log_format
+from fusion.core.logs import FORMAT_ENV, configure_logging, json_everywhere, log_format
 from fusion.core.settings import ServingConfig, Settings
 from serving.http import build_http_app
+from serving.logs import follow_in_thread, install_replica_logging
 from serving.model_server import ModelCore, ServingArgs
 
 log = logging.getLogger("fusion.serving")
@@ -35,10 +37,13 @@ APP_NAME = "fusion"
 QUIET = {"enable_access_log": False, "log_level": "WARNING"}
 
 
-def serve_logging() -> dict[str, Any]:
-    """Serve's logging config: warnings and up, no access log (a record per request on the hot path, its
-    cost not measured yet; /metrics counts requests); JSON lines in its log files with FUSION_LOG_FORMAT=json."""
-    return {**QUIET, "encoding": "JSON" if log_format() == "json" else "TEXT"}
+def serve_logging(logs_dir: str | None = None) -> dict[str, Any]:
+    """Serve's logging config of the app: warnings and up from Serve itself, and no Serve access log (Fusion
+    writes its own, with the trace id, when `serving.access_log` is on: serving/http.py); JSON encoding
+    with FUSION_LOG_FORMAT=json, which puts Serve's request fields on a replica's records for Fusion's
+    formatter (serving/logs.py); the replicas' log files in `logs_dir` when given."""
+    config = {**QUIET, "encoding": "JSON" if log_format() == "json" else "TEXT"}
+    return config | ({"logs_dir": logs_dir} if logs_dir else {})
 
 
 @serve.deployment(name="ModelServer")
@@ -55,6 +60,7 @@ class ModelServer(ModelCore):
     Replicas scale both together; a handle calls `predict_records`/`predict_frame` directly."""
 
     async def __init__(self, args: dict[str, Any]) -> None:  # type: ignore[misc]
+        install_replica_logging()  # before anything logs: Fusion's records into the replica's log file
         ModelCore.__init__(self, args)
         context = serve.get_replica_context()
         self.replica = context.replica_id.unique_id
@@ -133,7 +139,13 @@ def serving_args(settings: Settings) -> ServingArgs:
         promoted_topic=settings.events.topic_for("fusion.model.promoted"),
         kafka_security=settings.events.security,
         serving=settings.serving,
+        logs_dir=str(replica_logs(settings)),
     )
+
+
+def replica_logs(settings: Settings) -> Path:
+    """Where `fusion serve`'s replicas write their log files: FUSION_HOME/logs/serve."""
+    return (settings.home / "logs" / "serve").resolve()
 
 
 def build_app(args: ServingArgs | dict[str, Any]) -> serve.Application:
@@ -146,7 +158,10 @@ def build_app(args: ServingArgs | dict[str, Any]) -> serve.Application:
     # ~5-10% more requests a second with one thread, docs/BENCHMARKS.md). Replicas, not threads,
     # scale the model out.
     threads = {name: str(config.model_threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "POLARS_MAX_THREADS")}
-    options = {"num_cpus": config.replica_cpus, "runtime_env": {"env_vars": threads}}
+    # the replicas log in the format the app is built with; MLflow's loggers reach the root's handler
+    # there (serving/logs.py) instead of a stderr handler of their own that Serve's logger would swallow
+    logging_env = {FORMAT_ENV: log_format(), "MLFLOW_CONFIGURE_LOGGING": "false"}
+    options = {"num_cpus": config.replica_cpus, "runtime_env": {"env_vars": threads | logging_env}}
     scaling: dict[str, Any] = (
         {"autoscaling_config": config.autoscaling.model_dump()}
         if config.autoscaling
@@ -160,6 +175,7 @@ def build_app(args: ServingArgs | dict[str, Any]) -> serve.Application:
         max_ongoing_requests=config.max_ongoing_requests,
         max_queued_requests=config.max_queued_requests,
         backpressure_config=backpressure,
+        logging_config=serve_logging(args.logs_dir),  # the deployment's own: whoever runs the app gets it
         **scaling,
     ).bind(plain)
 
@@ -262,7 +278,7 @@ def start_serving(settings: Settings) -> DeploymentHandle:
     config = settings.serving
     start_ray(config)
     serve.start(http_options={"host": config.host, "port": config.port}, logging_config=serve_logging())
-    return serve.run(build_app(serving_args(settings)), name=APP_NAME, route_prefix="/", logging_config=serve_logging())
+    return serve.run(build_app(serving_args(settings)), name=APP_NAME, route_prefix="/")
 
 
 def stop_serving() -> None:
@@ -281,6 +297,8 @@ def serve_forever(settings: Settings) -> None:
     if log_format() == "json":
         configure_logging(quiet=("ray", "filelock", "urllib3"))
         json_everywhere()  # the handler `import ray.serve` installed on Serve's logger
+    # the replicas' lines on this process's stderr, beside its own: one stream for a terminal or a pod
+    follower, stop_following = follow_in_thread(replica_logs(settings), sys.stderr)
     start_serving(settings)
     # after Ray's start: its own SIGTERM handler would print a native stack trace and end the process
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -298,3 +316,5 @@ def serve_forever(settings: Settings) -> None:
         stop.wait()
     finally:
         stop_serving()
+        stop_following.set()  # the replicas' last lines too
+        follower.join(timeout=5)

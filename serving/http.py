@@ -8,6 +8,7 @@ Request values are typed by tasks/schema.py, the function ingest uses (serving/p
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -18,11 +19,13 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.params import Depends as DependsParam
 from fastapi.responses import JSONResponse, Response
+from opentelemetry import trace
 from prometheus_client.metrics_core import Metric
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fusion.core.errors import TypeMismatch
+from fusion.core.tracing import context_from
 from serving.auth import Authenticator
 from serving.metrics import ServingMetrics, replicas_exposition
 from serving.model_server import NotReady, ServingArgs
@@ -30,10 +33,12 @@ from serving.predictor import LoadedModel
 from serving.protocols import BadInput, OipRequest, mlflow_columns, oip_columns, typed_inputs
 
 JsonScalar = str | int | float | bool
+access = logging.getLogger("fusion.serving.access")
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing or invalid bearer token (when auth is on)"},
     403: {"description": "token lacks the required scope"},
     413: {"description": "body over the size limit"},
+    415: {"description": "a body that is not JSON (send Content-Type: application/json)"},
     422: {"description": "invalid body; names the field"},
     503: {"description": "no model loaded yet"},
 }
@@ -112,10 +117,10 @@ def build_http_app(backend: Backend, args: ServingArgs) -> FastAPI:
     app = FastAPI(
         title="Fusion serving",
         description=f"Predictions of the `{config.alias}` version of `{args.model_name}` (MLflow registry).",
-        strict_content_type=False,  # tritonclient and curl -d send no or a form Content-Type
+        strict_content_type=False,  # tritonclient sends no Content-Type: read as JSON (a form type: 415)
     )
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
-    measure_requests(app, backend.metrics)
+    measure_requests(app, backend.metrics, config.access_log)
     answer_errors(app)
     guarded = [Depends(Authenticator(config.auth))]
     add_predict(app, backend, args, guarded)
@@ -125,18 +130,51 @@ def build_http_app(backend: Backend, args: ServingArgs) -> FastAPI:
     return app
 
 
-def measure_requests(app: FastAPI, metrics: ServingMetrics) -> None:
-    """Requests and seconds per route and status. (The request's server span, a child of the caller's
-    `traceparent`, is FastAPI's own once a tracer provider is set: serving/model_server.py.)"""
+def measure_requests(app: FastAPI, metrics: ServingMetrics, access_log: bool = False) -> None:
+    """Requests and seconds per route and status, an unhandled error counted as the 500 it becomes; with
+    `access_log` a line per request (`fusion.serving.access`). (The request's server span, a child of the
+    caller's `traceparent`, is FastAPI's own once a tracer provider is set: serving/model_server.py.)"""
 
     @app.middleware("http")
     async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "other")
-        metrics.requests.labels(route, str(response.status_code)).inc()
-        metrics.seconds.labels(route).observe(time.perf_counter() - started)
-        return response
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            seconds = time.perf_counter() - started
+            route = getattr(request.scope.get("route"), "path", "other")
+            metrics.requests.labels(route, str(status)).inc()
+            metrics.seconds.labels(route).observe(seconds)
+            if access_log:
+                log_access(request, route, status, seconds)
+
+
+def log_access(request: Request, route: str, status: int, seconds: float) -> None:
+    """One access line: what Serve's own access log says (method, path, status, latency) plus the route,
+    the request id (Serve's `X-Request-ID`), the client and the trace id, as Fusion's record fields."""
+    fields = {
+        "method": request.method,
+        "path": request.url.path,
+        "route": route,
+        "status": status,
+        "latency_ms": round(seconds * 1000, 3),
+        "request_id": request.headers.get("x-request-id"),
+        "client": request.client.host if request.client else None,
+    }
+    ids = {} if trace.get_current_span().get_span_context().is_valid else caller_trace(request)
+    message = "%s %s %d %.1fms"
+    access.info(message, request.method, request.url.path, status, seconds * 1000, extra={"fields": fields, **ids})
+
+
+def caller_trace(request: Request) -> dict[str, str]:
+    """The trace id of the caller's `traceparent` header, for a line logged with no span current (no
+    tracer provider set): the request's line still joins the caller's trace."""
+    parent = context_from(request.headers.get("traceparent"))
+    found = trace.get_current_span(parent).get_span_context() if parent is not None else None
+    return {"trace_id": f"{found.trace_id:032x}"} if found is not None and found.is_valid else {}
 
 
 def answer_errors(app: FastAPI) -> None:
@@ -148,6 +186,11 @@ def answer_errors(app: FastAPI) -> None:
             message = "binary tensor data is not supported: send JSON tensors (binary_data=False)"
             return JSONResponse({"error": message}, status_code=400)
         details = jsonable_encoder(exc.errors())
+        content_type = request.headers.get("content-type", "").split(";")[0].strip()
+        if content_type and "json" not in content_type and any(list(e["loc"]) == ["body"] for e in details):
+            # the body was read as text (`curl -d` sends a form type): say what to send instead
+            message = f"unsupported content type {content_type!r}: send application/json"
+            return JSONResponse({"error": message}, status_code=415)
         return JSONResponse({"error": error_text(details), "detail": details}, status_code=422)
 
     @app.exception_handler(BadInput)

@@ -59,6 +59,9 @@ class ServingArgs(BaseModel):
     promoted_topic: str = "fusion.model.promoted"
     kafka_security: KafkaSecurity = KafkaSecurity()
     serving: ServingConfig = ServingConfig()
+    # the replicas' log files (absolute: a replica's working folder is Ray's); None: Ray's session folder,
+    # logs/serve, where a RayService's log sidecar reads them
+    logs_dir: str | None = None
 
     def resolved_redis_url(self) -> str | None:
         """The Redis URL, `env:NAME` read here (in the replica); an unset variable is an error naming it."""

@@ -68,11 +68,22 @@ def _span_ids() -> dict[str, str]:
     return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per record, on one line."""
+def stamp(record: logging.LogRecord) -> None:
+    """Put the context fields known now (log context, current span) on the record itself, for a handler
+    that formats it later, elsewhere (a buffering one); the record's own values are kept."""
+    for field, value in {**_span_ids(), **_context.get()}.items():
+        if getattr(record, field, None) is None:
+            setattr(record, field, value)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # logging.config passes fmt/datefmt/style
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line. `attributes`: record attributes written too when a
+    record has them (set by another library's filters, such as Ray Serve's request id)."""
+
+    # logging.config passes fmt, datefmt and style, which a JSON line has no use for
+    def __init__(self, *args: Any, attributes: tuple[str, ...] = (), **kwargs: Any) -> None:
         super().__init__()
+        self.attributes = attributes
         # where this formatter is installed, Python's warnings are log records too (`py.warnings`), not
         # free text on stderr between the JSON lines
         logging.captureWarnings(True)
@@ -92,6 +103,10 @@ class JsonFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):  # logger.info(..., extra={"fields": {...}}): structured detail
             line |= {k: v for k, v in fields.items() if k not in line}
+        for name in self.attributes:
+            value = getattr(record, name, None)
+            if value is not None and name not in line:
+                line[name] = value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:

@@ -501,6 +501,11 @@ class ServingConfig(Frozen):
     redis_timeout_ms: float = Field(50.0, gt=0, description="per Redis call; slower counts as a failure")
     breaker_failures: int = Field(3, ge=1, description="consecutive Redis failures that open the circuit")
     breaker_cooldown_s: float = Field(5.0, gt=0, description="how long an open circuit skips Redis")
+    access_log: bool = Field(
+        False,
+        description="a log line per request (method, route, status, latency, request and trace id) in the "
+        "replica's log; its cost is in docs/BENCHMARKS.md",
+    )
     auth: AuthConfig = AuthConfig()
 
 

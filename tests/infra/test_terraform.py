@@ -306,3 +306,23 @@ def test_the_example_secret_store_validates_and_is_the_store_terraform_names() -
     assert problems(store) == []
     assert {"kind": store["kind"], "name": store["metadata"]["name"]} == root().var("secret_store")
     assert root().var("namespace") in store["spec"]["conditions"][0]["namespaces"]
+
+
+def test_the_ray_workers_have_a_sidecar_copying_replica_logs_to_the_pods_output() -> None:
+    from serving.logs import REPLICA_FILES
+
+    (service,) = [m for _, m in root().module("serving").manifests() if m["kind"] == "RayService"]
+    (group,) = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    ray_container, sidecar = group["template"]["spec"]["containers"]
+    assert ray_container["name"] == "ray-worker"  # KubeRay takes the first container for Ray
+    python, flag, module, folder = sidecar["command"]
+    assert (python, flag) == ("python", "-m") and importlib.import_module(module).main  # serving/logs.py
+    # Ray's default session folder, where replicas write `replica_*.log` when no logs_dir is given (the
+    # RayService's arguments give none), on the volume Ray's container writes it to
+    assert folder == "/tmp/ray/session_latest/logs/serve" and REPLICA_FILES == "replica_*.log"
+    assert "logs_dir" not in yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]
+    (mount,) = sidecar["volumeMounts"]
+    assert mount["readOnly"] and folder.startswith(mount["mountPath"])
+    assert any(
+        m["name"] == mount["name"] and m["mountPath"] == mount["mountPath"] for m in ray_container["volumeMounts"]
+    )

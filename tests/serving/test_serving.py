@@ -253,6 +253,16 @@ def test_a_bad_record_is_named_by_its_place_in_the_request_even_after_cached_one
     assert got.json()["error"].startswith("records.2.distance: expected float64") and "'far'" in got.text
 
 
+def test_json_sent_as_a_form_is_415_saying_what_to_send(served: Served) -> None:
+    """`curl -d '{...}'` without a Content-Type header sends a form type."""
+    body = json.dumps({"records": [{"carrier": "UA"}]})
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    got = httpx.post(f"{served.url}/v1/predict", content=body, headers=form, timeout=30)
+    assert got.status_code == 415 and "send application/json" in got.json()["error"], got.text
+    untyped = httpx.post(f"{served.url}/v1/predict", content=body, timeout=30)  # no Content-Type: read as JSON
+    assert untyped.status_code == 200, untyped.text
+
+
 def test_body_over_the_limit_is_413_and_health_docs_metrics_answer(served: Served) -> None:
     huge = b'{"records": [' + b'{"carrier": "UA"},' * 200_000 + b'{"carrier": "UA"}]}'
     assert httpx.post(f"{served.url}/v1/predict", content=huge, timeout=30).status_code == 413

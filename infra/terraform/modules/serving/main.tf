@@ -14,8 +14,8 @@ locals {
   pod_metadata = {
     labels = local.labels
     annotations = {
-      "checkov.io/skip1" = "CKV_K8S_8=KubeRay adds its own liveness probe to every Ray container it runs"
-      "checkov.io/skip2" = "CKV_K8S_9=KubeRay adds its own readiness probe to every Ray container it runs"
+      "checkov.io/skip1" = "CKV_K8S_8=KubeRay adds its own liveness probe to every Ray container it runs; the log sidecar serves nothing"
+      "checkov.io/skip2" = "CKV_K8S_9=KubeRay adds its own readiness probe to every Ray container it runs; the log sidecar serves nothing"
       "checkov.io/skip3" = "CKV_K8S_35=Fusion reads its secret settings from FUSION_* environment variables (file references: issue Observability and security)"
     }
   }
@@ -37,6 +37,17 @@ locals {
   worker = {
     name      = "ray-worker"
     resources = { requests = { cpu = "2", memory = "4Gi" }, limits = { cpu = "2", memory = "4Gi" } }
+  }
+  # Serve writes a replica's log lines (Fusion's JSON: serving/logs.py) to files in Ray's session folder,
+  # not to the pod's output: this sidecar copies them to its stdout (`kubectl logs <pod> -c replica-logs`)
+  replica_logs = {
+    name            = "replica-logs"
+    image           = var.image
+    imagePullPolicy = "IfNotPresent"
+    command         = ["python", "-m", "serving.logs", "/tmp/ray/session_latest/logs/serve"]
+    securityContext = local.container_security
+    volumeMounts    = [{ name = "tmp", mountPath = "/tmp", readOnly = true }]
+    resources       = { requests = { cpu = "50m", memory = "128Mi" }, limits = { cpu = "200m", memory = "256Mi" } }
   }
   serve_args = {
     model_name              = var.model_name
@@ -92,7 +103,7 @@ resource "kubernetes_manifest" "ray_service" {
               automountServiceAccountToken = false
               securityContext              = local.pod_security
               volumes                      = local.volumes
-              containers                   = [merge(local.container, local.worker)]
+              containers                   = [merge(local.container, local.worker), local.replica_logs]
             }
           }
         }]
