@@ -1,4 +1,5 @@
-"""`fusion` command line: `fusion run`, `fusion check`, `fusion status`, `fusion serve`, `fusion trigger`."""
+"""`fusion` command line: `fusion run`, `fusion check`, `fusion status`, `fusion serve`, `fusion trigger`,
+`fusion generate flights`."""
 
 from __future__ import annotations
 
@@ -221,6 +222,31 @@ def serve(
     from serving.app import serve_forever
 
     serve_forever(settings)
+
+
+generate_app = typer.Typer(no_args_is_help=True, help="Generate a dataset of any size.")
+app.add_typer(generate_app, name="generate")
+
+
+@generate_app.command("flights")
+def generate_flights_command(
+    rows: Annotated[int, typer.Option("--rows", min=1, help="flights to generate")],
+    out: Annotated[Path, typer.Option("--out", help="folder for flights/weather/planes.parquet")],
+    seed: Annotated[int, typer.Option(help="the same seed gives the same files")] = 0,
+) -> None:
+    """nycflights13's three tables at any size, with a real delay signal (tasks/generate.py). Prints the
+    variables that point the flights config at them (`export $(fusion generate flights ...)`)."""
+    from tasks.generate import generate_flights
+
+    started = time.perf_counter()
+    counts = generate_flights(rows, out, seed)
+    folder = out.resolve()
+    say(
+        f"wrote {counts['flights']:,} flights, {counts['weather']:,} weather hours and {counts['planes']:,} planes "
+        f"to {escape(str(folder))} in {time.perf_counter() - started:.1f} s"
+    )
+    for table in counts:
+        print(f"FUSION_DATASET__SOURCE__TABLES__{table.upper()}__URI={folder / f'{table}.parquet'}")
 
 
 @app.command()
