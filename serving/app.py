@@ -9,6 +9,7 @@ SIGINT/SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -288,7 +289,33 @@ def stop_serving() -> None:
     ray.shutdown()
     state = os.environ.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
     if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" and state:
+        # When Serve's controller does not stop within its 30 s, Ray kills the actors and the HAProxy
+        # one of them started lives on, holding the serving port (seen after `fusion serve` stops)
+        end_processes_naming(os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"])
         shutil.rmtree(state, ignore_errors=True)  # HAProxy's files of this server (ingress_environment)
+
+
+def end_processes_naming(argument: str, timeout_s: float = 5.0) -> int:
+    """Terminate (then kill) the processes whose command line has `argument` (a path only one server
+    uses); returns how many there were."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if argument in (process.info["cmdline"] or []) and process.pid != os.getpid():
+                found.append(process)
+        except psutil.Error:
+            continue
+    for process in found:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(found, timeout=timeout_s)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=timeout_s)  # gone, its port free, when this returns
+    return len(found)
 
 
 def serve_forever(settings: Settings) -> None:

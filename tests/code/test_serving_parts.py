@@ -161,3 +161,33 @@ def test_a_second_server_gets_replica_ports_nobody_listens_on() -> None:
         shutil.rmtree(second["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
     assert int(second["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]) > high
     assert second["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"] != second["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]
+
+
+def test_a_stopped_servers_leftover_haproxy_is_ended_by_its_config_path(tmp_path: Path) -> None:
+    """Only the processes naming this server's HAProxy config; one that ignores SIGTERM is killed."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from serving.app import end_processes_naming
+
+    config = str(tmp_path / "haproxy.cfg")
+    sleeper = (
+        "import signal, sys, time; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN if sys.argv[2] == 'stubborn' else signal.SIG_DFL); "
+        "time.sleep(60)"
+    )
+    polite = subprocess.Popen([sys.executable, "-c", sleeper, config, "polite"])
+    stubborn = subprocess.Popen([sys.executable, "-c", sleeper, config, "stubborn"])
+    other = subprocess.Popen([sys.executable, "-c", sleeper, config + ".other", "polite"])
+    try:
+        time.sleep(1)  # each has set its signal handler
+        assert end_processes_naming(config, timeout_s=2) == 2
+        # ended (and reaped by psutil: they are this process's children here), the other one untouched
+        assert not psutil.pid_exists(polite.pid) and not psutil.pid_exists(stubborn.pid)  # both reaped
+        assert other.poll() is None
+    finally:
+        for process in (polite, stubborn, other):
+            process.kill()
+            process.wait()
