@@ -291,19 +291,21 @@ def stop_serving() -> None:
     if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" and state:
         # When Serve's controller does not stop within its 30 s, Ray kills the actors and the HAProxy
         # one of them started lives on, holding the serving port (seen after `fusion serve` stops)
-        end_processes_naming(os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"])
+        end_processes_under(state)
         shutil.rmtree(state, ignore_errors=True)  # HAProxy's files of this server (ingress_environment)
 
 
-def end_processes_naming(argument: str, timeout_s: float = 5.0) -> int:
-    """Terminate (then kill) the processes whose command line has `argument` (a path only one server
-    uses); returns how many there were."""
+def end_processes_under(folder: str, timeout_s: float = 5.0) -> int:
+    """Terminate (then kill) the processes with an argument in `folder` (this server's HAProxy state
+    folder: Ray puts its config in a subfolder there); returns how many there were."""
     import psutil
 
+    prefix = folder.rstrip("/") + "/"
     found = []
     for process in psutil.process_iter(["cmdline"]):
         try:
-            if argument in (process.info["cmdline"] or []) and process.pid != os.getpid():
+            inside = any(arg.startswith(prefix) for arg in process.info["cmdline"] or [])
+            if inside and process.pid != os.getpid():
                 found.append(process)
         except psutil.Error:
             continue

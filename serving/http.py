@@ -164,7 +164,13 @@ def log_access(request: Request, route: str, status: int, seconds: float) -> Non
         "request_id": request.headers.get("x-request-id"),
         "client": request.client.host if request.client else None,
     }
-    ids = {} if trace.get_current_span().get_span_context().is_valid else caller_trace(request)
+    # on the record itself, not left to the formatter: a handler may format it later, outside the span
+    span = trace.get_current_span().get_span_context()
+    ids = (
+        {"trace_id": f"{span.trace_id:032x}", "span_id": f"{span.span_id:016x}"}
+        if span.is_valid
+        else caller_trace(request)
+    )
     message = "%s %s %d %.1fms"
     access.info(message, request.method, request.url.path, status, seconds * 1000, extra={"fields": fields, **ids})
 

@@ -164,15 +164,16 @@ def test_a_second_server_gets_replica_ports_nobody_listens_on() -> None:
 
 
 def test_a_stopped_servers_leftover_haproxy_is_ended_by_its_config_path(tmp_path: Path) -> None:
-    """Only the processes naming this server's HAProxy config; one that ignores SIGTERM is killed."""
+    """Only the processes with an argument in this server's HAProxy folder; one ignoring SIGTERM is killed."""
     import subprocess
     import sys
 
     import psutil
 
-    from serving.app import end_processes_naming
+    from serving.app import end_processes_under
 
-    config = str(tmp_path / "haproxy.cfg")
+    state = tmp_path / "fh-state"  # Ray writes the config a folder down: <state>/<hash>/haproxy.cfg
+    config = str(state / "0a1b2c" / "haproxy.cfg")
     sleeper = (
         "import signal, sys, time; "
         "signal.signal(signal.SIGTERM, signal.SIG_IGN if sys.argv[2] == 'stubborn' else signal.SIG_DFL); "
@@ -180,10 +181,10 @@ def test_a_stopped_servers_leftover_haproxy_is_ended_by_its_config_path(tmp_path
     )
     polite = subprocess.Popen([sys.executable, "-c", sleeper, config, "polite"])
     stubborn = subprocess.Popen([sys.executable, "-c", sleeper, config, "stubborn"])
-    other = subprocess.Popen([sys.executable, "-c", sleeper, config + ".other", "polite"])
+    other = subprocess.Popen([sys.executable, "-c", sleeper, str(tmp_path / "fh-state2" / "haproxy.cfg"), "polite"])
     try:
         time.sleep(1)  # each has set its signal handler
-        assert end_processes_naming(config, timeout_s=2) == 2
+        assert end_processes_under(str(state), timeout_s=2) == 2
         # ended (and reaped by psutil: they are this process's children here), the other one untouched
         assert not psutil.pid_exists(polite.pid) and not psutil.pid_exists(stubborn.pid)  # both reaped
         assert other.poll() is None
