@@ -19,8 +19,9 @@ from typing import Any
 from fusion.core.errors import TrainingError
 from fusion.core.lake import Lake
 from fusion.core.settings import DatasetConfig
+from tasks.dask_train import train_lightgbm_from_lake
 from tasks.features import FeatureSet
-from tasks.train import SplitFrames, TrainedModel, split_frames, train_lightgbm, train_lightgbm_dask
+from tasks.train import SplitFrames, TrainedModel, split_frames, train_lightgbm
 
 GPU = "GPU"  # the Dask resource a worker declares per CUDA device
 
@@ -196,7 +197,8 @@ def train_in_process(
 def train_family(
     lake: Lake, table: FeatureSet, dataset: DatasetConfig, threads: int, client: Any | None, workers: int
 ) -> TrainedModel:
-    """Train `model.family`: LightGBM here (lightgbm.dask with several workers), torch as Dask work placed
+    """Train `model.family`: LightGBM here (with several workers lightgbm.dask, the workers reading the
+    table from the lake: tasks/dask_train.py), torch as Dask work placed
     by `model.device`; `best` trains both on the same split and keeps the better valid AUC (the test
     split never decides)."""
     family = dataset.model.family
@@ -204,13 +206,12 @@ def train_family(
     if family == "torch":
         assert torch_future is not None
         return torch_future.result()  # type: ignore[no-any-return]
-    parts = split_frames(lake.read_parquet(table.path), dataset)
-    args = (parts, table.feature_columns, table.categorical_columns, table.target, dataset.model)
-    gbm = (
-        train_lightgbm_dask(client, *args)
-        if client is not None and workers > 1
-        else train_lightgbm(*args, threads=threads)
-    )
+    if client is not None and workers > 1:
+        gbm = train_lightgbm_from_lake(client, lake, table, dataset)
+    else:
+        parts = split_frames(lake.read_parquet(table.path), dataset)
+        args = (parts, table.feature_columns, table.categorical_columns, table.target, dataset.model)
+        gbm = train_lightgbm(*args, threads=threads)
     if torch_future is None:
         return gbm
     return choose_best(gbm, torch_future.result())

@@ -140,12 +140,12 @@ def load_split(features: feature_code.FeatureSet, dataset: DatasetConfig, lake: 
 @task(name="train", cache_policy=STAGE_CACHE, persist_result=True, retry_condition_fn=retry_unless_bad_data)
 def train(features: feature_code.FeatureSet, dataset: DatasetConfig, lake: Lake, threads: int) -> TrainedModel:
     client, workers = dask_client_with_workers()
-    if client is None or dataset.model.family == "lightgbm":
+    if client is None or (dataset.model.family == "lightgbm" and workers == 1):
         return train_family(lake, features, dataset, threads, client, workers)
     from distributed import worker_client
 
-    # torch is Dask work of its own (placed by its resources): this task leaves the worker's thread
-    # pool while it waits, so a one-thread worker can run it
+    # torch and lightgbm.dask are Dask work of their own (torch placed by its resources, lightgbm.dask
+    # on every worker): this task leaves its worker's thread pool while it waits, so that worker trains too
     with worker_client() as seceded:
         return train_family(lake, features, dataset, threads, seceded, workers)
 

@@ -1,7 +1,7 @@
 """Train: the feature table split (by time, rows, class or group), LightGBM on it, and a baseline beside it.
 
-Runs as Dask work: on a cluster of several workers it trains with
-lightgbm.dask, otherwise with plain LightGBM inside the worker.
+Runs as Dask work: plain LightGBM inside the worker; on a cluster of several
+workers, lightgbm.dask with the workers reading the table (tasks/dask_train.py).
 """
 
 from __future__ import annotations
@@ -63,25 +63,12 @@ def split_frames(frame: pl.DataFrame, dataset: DatasetConfig) -> SplitFrames:
     seeded draw of rows (random), of rows within each target class (stratified: every part keeps the
     target's rate to a row), or of groups (group: all rows of a `group_by` value in one part)."""
     split = dataset.split
-    if split.method == "time":
-        part = _time_parts(frame, dataset)
-    elif split.method == "random":
-        part = _drawn_parts(np.arange(frame.height), split)
-    elif split.method == "stratified":
-        part = np.empty(frame.height, dtype=np.int8)
-        labels = frame.get_column(dataset.target.name).to_numpy()
-        for value in np.unique(labels):
-            rows = np.flatnonzero(labels == value)
-            part[rows] = _drawn_parts(rows, split)
+    if split.method in ROW_WISE:
+        part = row_parts(frame, dataset)
     else:
-        part = _group_parts(frame, split)
-    record: dict[str, Any] = {"method": split.method}
-    if split.method == "time":
-        record |= {"train_end": str(split.train_end), "valid_end": str(split.valid_end)}
-    else:
-        record |= {"valid_fraction": split.valid_fraction, "test_fraction": split.test_fraction, "seed": split.seed}
-        record |= {"group_by": ",".join(split.group_by)} if split.group_by else {}
-    record["digest"] = hashlib.sha256(part.astype(np.int8).tobytes()).hexdigest()[:16]
+        labels = frame.get_column(dataset.target.name).to_numpy() if split.method == "stratified" else None
+        part = drawn_parts(frame.height, split, labels)
+    record = split_record(split, part)
     assigned = pl.Series("_part", part, dtype=pl.Int8)
     parts = SplitFrames(
         train=frame.filter(assigned == TRAIN),
@@ -89,10 +76,53 @@ def split_frames(frame: pl.DataFrame, dataset: DatasetConfig) -> SplitFrames:
         test=frame.filter(assigned == TEST),
         record=record,
     )
-    empty = [name for name, n in parts.sizes().items() if n == 0]
-    if empty:
-        raise TrainingError(f"split {', '.join(empty)} is empty ({split.method} split: {record}, {frame.height} rows)")
+    check_sizes(parts.sizes(), record, frame.height)
     return parts
+
+
+# Splits that decide each row from its own values, so any slice of the table can be split alone; the
+# others (random, stratified) draw over all rows and need only the row count (and the target's values).
+ROW_WISE = ("time", "group")
+
+
+def row_parts(frame: pl.DataFrame, dataset: DatasetConfig) -> np.ndarray:
+    """Each row's part for a row-wise split (time or group)."""
+    return _time_parts(frame, dataset) if dataset.split.method == "time" else _group_parts(frame, dataset.split)
+
+
+def drawn_parts(rows: int, split: SplitConfig, labels: np.ndarray | None = None) -> np.ndarray:
+    """Each row's part for a drawn split: random over all rows, stratified within each class of `labels`."""
+    if split.method == "random":
+        return _drawn_parts(np.arange(rows), split)
+    if labels is None:
+        raise TrainingError("a stratified split needs the target's values")
+    part = np.empty(rows, dtype=np.int8)
+    for value in np.unique(labels):
+        positions = np.flatnonzero(labels == value)
+        part[positions] = _drawn_parts(positions, split)
+    return part
+
+
+def split_record(split: SplitConfig, part: np.ndarray | list[np.ndarray]) -> dict[str, Any]:
+    """How the rows were divided: the method, its settings and a digest of each row's part in table order
+    (given whole or as consecutive slices)."""
+    record: dict[str, Any] = {"method": split.method}
+    if split.method == "time":
+        record |= {"train_end": str(split.train_end), "valid_end": str(split.valid_end)}
+    else:
+        record |= {"valid_fraction": split.valid_fraction, "test_fraction": split.test_fraction, "seed": split.seed}
+        record |= {"group_by": ",".join(split.group_by)} if split.group_by else {}
+    digest = hashlib.sha256()
+    for piece in part if isinstance(part, list) else [part]:
+        digest.update(piece.astype(np.int8).tobytes())
+    record["digest"] = digest.hexdigest()[:16]
+    return record
+
+
+def check_sizes(sizes: dict[str, int], record: dict[str, Any], rows: int) -> None:
+    empty = [name for name, n in sizes.items() if n == 0]
+    if empty:
+        raise TrainingError(f"split {', '.join(empty)} is empty ({record['method']} split: {record}, {rows} rows)")
 
 
 def _time_parts(frame: pl.DataFrame, dataset: DatasetConfig) -> np.ndarray:
@@ -143,9 +173,13 @@ def _group_parts(frame: pl.DataFrame, split: SplitConfig) -> np.ndarray:
 
 def _labels(frame: pl.DataFrame, target: str, name: str) -> np.ndarray:
     y = frame.get_column(target).cast(pl.Float64).to_numpy()
-    if np.unique(y).size < 2:
-        raise TrainingError(f"{name} split has a single class in target {target!r}")
+    check_classes(np.unique(y).size, target, name)
     return y
+
+
+def check_classes(classes: int, target: str, name: str) -> None:
+    if classes < 2:
+        raise TrainingError(f"{name} split has a single class in target {target!r}")
 
 
 def lightgbm_params(config: ModelConfig, threads: int) -> dict[str, Any]:
@@ -186,48 +220,6 @@ def train_lightgbm(
         best_iteration=int(booster.best_iteration),
         valid_auc=float(booster.best_score["valid"]["auc"]),
         engine="lightgbm",
-        fit_seconds=time.perf_counter() - started,
-        split_sizes=parts.sizes(),
-        params=params,
-        split=parts.record,
-    )
-
-
-def train_lightgbm_dask(
-    client: Any,
-    parts: SplitFrames,
-    features: list[str],
-    categorical: list[str],
-    target: str,
-    config: ModelConfig,
-) -> TrainedModel:
-    """lightgbm.dask across the cluster's workers; rounds fixed (no early stopping in lightgbm.dask)."""
-    import dask.array as da
-    from sklearn.metrics import roc_auc_score
-
-    workers = len(client.scheduler_info()["workers"])
-    vocab = CategoryVocabulary.fit(parts.train, categorical, config.min_category_count)
-    x = to_matrix(parts.train, features, vocab)
-    y = _labels(parts.train, target, "train")
-    chunk = max(1, -(-len(y) // workers))
-    params = lightgbm_params(config, threads=1)
-    for key in ("metric", "num_threads"):  # lightgbm.dask sets threads per worker itself
-        params.pop(key, None)
-    started = time.perf_counter()
-    estimator = lgb.DaskLGBMClassifier(client=client, n_estimators=config.dask_num_boost_round, **params)
-    estimator.fit(
-        da.from_array(x, chunks=(chunk, x.shape[1])),
-        da.from_array(y, chunks=chunk),
-        feature_name=features,
-        categorical_feature=categorical,
-    )
-    booster = estimator.to_local().booster_
-    valid_pred = booster.predict(to_matrix(parts.valid, features, vocab))
-    return TrainedModel(
-        model=TabularClassifier(booster.model_to_string(), features, vocab),
-        best_iteration=int(booster.current_iteration()),
-        valid_auc=float(roc_auc_score(_labels(parts.valid, target, "valid"), valid_pred)),
-        engine=f"lightgbm.dask ({workers} workers)",
         fit_seconds=time.perf_counter() - started,
         split_sizes=parts.sizes(),
         params=params,

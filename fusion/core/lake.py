@@ -34,10 +34,41 @@ class Lake:
         fs.mv(tmp, p)
         return path
 
-    def read_parquet(self, path: str, n_rows: int | None = None) -> pl.DataFrame:
+    def read_parquet(self, path: str, n_rows: int | None = None, columns: list[str] | None = None) -> pl.DataFrame:
         fs, p = self._fs(path)
         with fs.open(p, "rb") as f:
-            return pl.read_parquet(f.read(), n_rows=n_rows)
+            return pl.read_parquet(f.read(), n_rows=n_rows, columns=columns)
+
+    def parquet_rows(self, path: str) -> list[int]:
+        """The row count of each row group of a Parquet file (its footer only)."""
+        import pyarrow.parquet as pq
+
+        fs, p = self._fs(path)
+        with fs.open(p, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+            return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+    def read_parquet_rows(self, path: str, start: int, stop: int) -> pl.DataFrame:
+        """Rows [start, stop) of a Parquet file, reading only the row groups that hold them."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        fs, p = self._fs(path)
+        with fs.open(p, "rb") as f:
+            parquet = pq.ParquetFile(f)
+            groups, first, offset = [], None, 0
+            for i in range(parquet.metadata.num_row_groups):
+                n = parquet.metadata.row_group(i).num_rows
+                if offset < stop and offset + n > start:
+                    groups.append(i)
+                    first = offset if first is None else first
+                offset += n
+            if not groups:
+                return pl.from_arrow(parquet.schema_arrow.empty_table())  # type: ignore[return-value]
+            table: pa.Table = parquet.read_row_groups(groups)
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+        return frame.slice(start - (first or 0), stop - start)
 
     def write_bytes(self, payload: bytes, path: str) -> str:
         fs, p = self._fs(path)

@@ -263,9 +263,21 @@ class ModelConfig(Frozen):
     params: dict[str, Any] = Field(default_factory=dict, description="LightGBM parameters")
     num_boost_round: int = Field(1000, gt=0)
     early_stopping_rounds: int = Field(50, gt=0)
-    dask_num_boost_round: int = Field(400, gt=0, description="rounds with lightgbm.dask (no early stopping)")
+    dask_time_out_minutes: int = Field(
+        10, gt=0, description="lightgbm.dask: how long a worker waits for the others' sockets before failing"
+    )
     min_category_count: int = Field(20, ge=1, description="rarer categories are encoded as unknown")
     baseline: Literal["logistic", "prior"] = "logistic"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "dask_num_boost_round" in data:
+            raise ValueError(
+                "model.dask_num_boost_round is retired: lightgbm.dask now stops early on the valid split as one"
+                " process does (model.num_boost_round, model.early_stopping_rounds); remove it"
+            )
+        return data
 
 
 class GateConfig(Frozen):

@@ -43,6 +43,12 @@ def test_bad_values_are_rejected_with_the_field(monkeypatch: pytest.MonkeyPatch)
         load_settings(REPO / "configs/flights.yaml")
 
 
+def test_a_retired_setting_says_what_replaced_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FUSION_DATASET__MODEL__DASK_NUM_BOOST_ROUND", "400")
+    with pytest.raises(ValidationError, match=r"dask_num_boost_round is retired.*early_stopping_rounds"):
+        load_settings(REPO / "configs/flights.yaml")
+
+
 def test_unknown_primary_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="config file not found"):
         load_settings(tmp_path / "nope.yaml")
