@@ -1,0 +1,172 @@
+"""lightgbm.dask on 2 worker processes vs plain LightGBM in one process, on the same flights features.
+
+`make bench-dask-train`: for each size (the real 336,776 flights, then generated ones), the feature table
+is built once and written to a lake folder; then, from that URI to a trained model, each path is timed:
+
+- plain: one process reads the table, splits it and trains LightGBM with 2 threads (the single-worker path);
+- lightgbm.dask: a LocalCluster of 2 worker processes x 1 thread (started before the clock), the workers
+  reading and splitting their own rows (tasks/dask_train.py), early stopping on the whole valid split.
+
+Both score the same test split. Peak RSS is sampled every 0.1 s for this process and each worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import psutil
+from sklearn.metrics import roc_auc_score
+
+from benchmarks.pipeline import machine, write_section
+from fusion.core.lake import Lake
+from fusion.core.settings import DatasetConfig, load_settings
+from tasks.dask_train import train_lightgbm_from_lake
+from tasks.features import FeatureSet, build_features, categorical_names, feature_names
+from tasks.generate import generate_flights
+from tasks.ingest import enforce_schema, parse_table, read_source_bytes
+from tasks.train import split_frames, train_lightgbm
+
+CONFIG = "configs/flights.yaml"
+COMMAND = "make bench-dask-train"
+
+
+@contextmanager
+def peak_rss(pids: list[int]) -> Iterator[dict[int, int]]:
+    """The largest RSS of each process while the block runs (bytes), sampled every 0.1 s."""
+    peaks = dict.fromkeys(pids, 0)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            for pid in pids:
+                with suppress(psutil.NoSuchProcess):
+                    peaks[pid] = max(peaks[pid], psutil.Process(pid).memory_info().rss)
+            done.wait(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peaks
+    finally:
+        done.set()
+        sampler.join()
+
+
+def feature_table(size: str, dataset: DatasetConfig, folder: Path) -> FeatureSet:
+    """The flights features of the real tables ("real") or of `size` generated rows, written to `folder`."""
+    sources = dataset.source.tables
+    if size == "real":
+        uris = {name: cfg.uri for name, cfg in sources.items()}
+    else:
+        generate_flights(int(size), folder, seed=1)
+        uris = {name: str(folder / f"{name}.parquet") for name in sources}
+    tables = {
+        name: enforce_schema(parse_table(read_source_bytes(uris[name]), uris[name], name, cfg), name, cfg)
+        for name, cfg in sources.items()
+    }
+    frame = build_features(tables, dataset.source.primary, dataset.features, dataset.prediction_time, dataset.target)
+    path = str(folder / "features.parquet")
+    Lake(str(folder)).write_parquet(frame, path)
+    names = feature_names(dataset.features)
+    return FeatureSet(
+        dataset.name, "bench", path, frame.height, names, categorical_names(frame, names), dataset.target.name, 1
+    )
+
+
+def compare(size: str, dataset: DatasetConfig, client: Any, worker_pids: list[int]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="fusion-bench-dask-") as tmp:
+        folder = Path(tmp)
+        table = feature_table(size, dataset, folder)
+        lake = Lake(str(folder))
+        result: dict[str, Any] = {"rows": table.rows}
+        with peak_rss([psutil.Process().pid]) as plain_peak:
+            started = time.perf_counter()
+            parts = split_frames(lake.read_parquet(table.path), dataset)
+            args = (parts, table.feature_columns, table.categorical_columns, table.target, dataset.model)
+            plain = train_lightgbm(*args, threads=2)
+            plain_seconds = time.perf_counter() - started
+        test = parts.test
+        del parts
+        with peak_rss([psutil.Process().pid, *worker_pids]) as dask_peak:
+            started = time.perf_counter()
+            dist = train_lightgbm_from_lake(client, lake, table, dataset)
+            dask_seconds = time.perf_counter() - started
+        y = test.get_column(table.target).to_numpy()
+        for name, trained, seconds, peaks in (
+            ("plain", plain, plain_seconds, plain_peak),
+            ("dask", dist, dask_seconds, dask_peak),
+        ):
+            result[name] = {
+                "seconds": seconds,
+                "best_iteration": trained.best_iteration,
+                "valid_auc": trained.valid_auc,
+                "test_auc": float(roc_auc_score(y, trained.model.predict_frame(test))),
+                "peak_rss_mb": [round(v / 2**20) for v in peaks.values()],
+                "engine": trained.engine,
+            }
+        result["same_split"] = plain.split == dist.split
+        client.run(lambda: __import__("gc").collect())
+        return result
+
+
+def report(results: list[dict[str, Any]], when: str, where: str) -> str:
+    lines = [
+        "## Distributed training: lightgbm.dask vs one process (`make bench-dask-train`)",
+        "",
+        f"Measured {when} on {where}. Command: `{COMMAND}`. Flights features ({CONFIG}, time split), from the",
+        "feature table's URI to a trained model. plain: one process reads, splits and trains LightGBM with 2",
+        "threads. lightgbm.dask: 2 worker processes x 1 thread (cluster started before the clock), each reading",
+        "and splitting its own rows, early stopping on the whole valid split (tasks/dask_train.py). Both with",
+        "the config's 2000 rounds / stop after 100. Peak RSS: plain = the process; dask = driver, worker 1, worker 2.",
+        "",
+        "| rows | plain (s) | lightgbm.dask (s) | time ratio | best round plain / dask | test AUC plain | test AUC dask"
+        " | AUC difference | peak RSS plain (MB) | peak RSS dask (MB) | same split |",
+        "|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---|",
+    ]
+    for r in results:
+        p, d = r["plain"], r["dask"]
+        lines.append(
+            f"| {r['rows']:,} | {p['seconds']:.1f} | {d['seconds']:.1f} | {d['seconds'] / p['seconds']:.2f}x"
+            f" | {p['best_iteration']} / {d['best_iteration']} | {p['test_auc']:.4f} | {d['test_auc']:.4f}"
+            f" | {d['test_auc'] - p['test_auc']:+.4f} | {p['peak_rss_mb'][0]:,}"
+            f" | {' / '.join(f'{m:,}' for m in d['peak_rss_mb'])} | {'yes' if r['same_split'] else 'NO'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="real,1000000,3000000", help="'real' and/or generated row counts")
+    parser.add_argument("--write", type=Path, help="update this BENCHMARKS.md")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    dataset = load_settings(CONFIG).dataset
+    from distributed import Client, LocalCluster
+
+    results = []
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        worker_pids = [int(pid) for pid in client.run(lambda: __import__("os").getpid()).values()]
+        for size in args.sizes.split(","):
+            results.append(compare(size.strip(), dataset, client, worker_pids))
+            print(results[-1], flush=True)
+    section = report(results, dt.date.today().isoformat(), machine())
+    print(section)
+    if args.write:
+        write_section(args.write, section)
+
+
+if __name__ == "__main__":
+    main()
