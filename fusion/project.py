@@ -114,7 +114,8 @@ class Project:
         """Every expectation of the config's suites on the tables (default the newest batch): one row each
         with its outcome and unexpected count. Nothing is quarantined or dropped."""
         frames = tables if tables is not None else self.tables()
-        runs = validate_tables(frames, load_suites(self.settings), self.dataset.name, self.settings.resolved_home)
+        suites, home = load_suites(self.settings), self.settings.resolved_home
+        runs = validate_tables(frames, suites, self.dataset.name, home, self.dataset.validation.batch_rows)
         rows = [
             {
                 "table": o.table,

@@ -111,6 +111,12 @@ class ValidationConfig(Frozen):
     max_dropped_fraction: float = Field(
         0.05, ge=0, le=1, description="with drop: more failing rows than this fraction still fails the batch"
     )
+    batch_rows: int = Field(
+        1_000_000,
+        gt=0,
+        description="a larger table is validated in slices of this many rows (row-level expectations, results"
+        " combined); expectations on the whole table or column see all its rows, only the columns they name",
+    )
 
 
 class AsOfJoin(Frozen):

@@ -150,3 +150,72 @@ def test_rejected_batch_is_quarantined_as_ingested(tmp_path: Path, sample: Any, 
             land(lake, with_bad_weather(broken(sample), 100), "b7"), suites, config, "flights", lake, tmp_path / "gx"
         )
     assert lake.read_parquet(f"{failure.value.quarantine_uri}/flights.parquet").height == 5000
+
+
+def test_a_table_validated_in_slices_gives_the_whole_tables_result(tmp_path: Path, sample: Any, suites: Any) -> None:
+    """Failures in every slice, a duplicate across slices, a `mostly`, a row condition, aggregates and the
+    table's shape: each expectation's result from 4 slices equals the one from the whole table."""
+    from tasks.validate import _gx_context, plan_units, run_suite
+
+    rows = pl.int_range(pl.len())
+    flights = (
+        broken(sample)["flights"]
+        .with_columns(
+            pl.when(rows.is_between(2600, 2604)).then(None).otherwise(pl.col("carrier")).alias("carrier"),
+            pl.when(rows >= 4990).then(13).otherwise(pl.col("month")).alias("month"),
+            pl.when(rows == 4000).then(7).otherwise(rows).alias("row_id"),  # row 7's id again, three slices on
+            pl.when(rows % 700 == 0).then(-500.0).otherwise(pl.col("dep_delay")).alias("dep_delay"),
+        )
+        .with_columns(pl.when(rows == 1400).then(None).otherwise(pl.col("dest")).alias("dest"))
+    )
+    suite = {
+        "name": "flights",
+        "expectations": [
+            *suites["flights"]["expectations"],
+            {"type": "expect_column_values_to_be_unique", "kwargs": {"column": "row_id"}},
+            {
+                "type": "expect_column_values_to_be_between",
+                "kwargs": {"column": "dep_delay", "min_value": -120, "mostly": 0.99},
+            },
+            {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "dest", "value_set": ["IAH", "MIA"]}},
+            {
+                "type": "expect_column_pair_values_a_to_be_greater_than_b",
+                "kwargs": {"column_A": "sched_arr_time", "column_B": "sched_dep_time"},
+            },
+            {
+                "type": "expect_column_mean_to_be_between",
+                "kwargs": {"column": "distance", "min_value": 500, "max_value": 1500},
+            },
+            {"type": "expect_column_to_exist", "kwargs": {"column": "tailnum"}},
+            {
+                "type": "expect_column_values_to_not_be_null",
+                "kwargs": {"column": "carrier", "row_condition": 'origin=="JFK"', "condition_parser": "pandas"},
+            },
+        ],
+    }
+    units = plan_units(suite["expectations"], flights.height, 1300)
+    assert [(u.start, u.stop) for u in units] == [
+        (0, 1300),
+        (1300, 2600),
+        (2600, 3900),
+        (3900, 5000),
+        (0, 0),
+        (0, 5000),
+    ]
+    assert units[0].columns is None  # the row condition's columns cannot be told
+    assert units[-1].columns == ["distance", "row_id"]  # the whole-table run reads only the columns it names
+
+    whole = run_suite(_gx_context(tmp_path / "whole"), "flights", "flights", flights, suite, batch_rows=10**9)
+    sliced = run_suite(_gx_context(tmp_path / "sliced"), "flights", "flights", flights, suite, batch_rows=1300)
+    failed = {(o.expectation, o.column) for o in whole.outcomes if not o.success}
+    assert ("expect_column_values_to_be_unique", "row_id") in failed and len(failed) >= 5
+    assert ("expect_column_values_to_be_between", "dep_delay") not in failed  # 8 of 5000 under: within mostly
+    assert sliced.outcomes == whole.outcomes
+    assert sliced.bad_rows == whole.bad_rows and {7, 19, 1400, 2600, 4000, 4999} <= set(whole.bad_rows)
+    assert sliced.success == whole.success is False
+    for mine, theirs in zip(sliced.raw["results"], whole.raw["results"], strict=True):
+        assert mine["success"] == theirs["success"]
+        assert mine["result"] == theirs["result"], mine["expectation_config"]["type"]
+    # one Data Docs page for the sliced run, as for the whole one
+    pages = list((tmp_path / "sliced").rglob("data_docs/local_site/validations/**/*.html"))
+    assert len(pages) == 1, pages
