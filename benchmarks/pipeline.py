@@ -136,7 +136,14 @@ def floor(config: str) -> dict[str, Any]:
     timed(
         "evaluate",
         lambda: evaluate_model(
-            state["train"], split(), categorical, target, dataset.model.baseline, lake, lake.path("reports", "floor")
+            state["train"],
+            split(),
+            categorical,
+            target,
+            dataset.model.baseline,
+            lake,
+            lake.path("reports", "floor"),
+            dataset.model.baseline_rows,
         ),
     )
     example = lake.read_parquet(state["features"][0], n_rows=5)

@@ -156,9 +156,9 @@ class Project:
         trained = train_in_process(parts, names, categorical, dataset.target.name, dataset, threads)
         digest = trained.model.digest()[:12]
         report_dir = self.lake.path("notebooks", dataset.name, digest)
-        evaluation = evaluate_model(
-            trained, parts, categorical, dataset.target.name, dataset.model.baseline, self.lake, report_dir
-        )
+        model = dataset.model
+        args = (categorical, dataset.target.name, model.baseline, self.lake, report_dir, model.baseline_rows)
+        evaluation = evaluate_model(trained, parts, *args)
         return Experiment(dataset, parts, trained, evaluation)
 
     def compare(self, experiment: Experiment) -> pl.DataFrame:

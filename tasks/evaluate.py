@@ -12,7 +12,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, log_loss, roc_auc_score, roc_curve
 
 from fusion.core.lake import Lake
-from tasks.train import SplitFrames, TrainedModel, fit_baseline
+from tasks.train import SplitFrames, TrainedModel, fit_baseline, in_chunks
 
 FAMILY_LABELS = {"lightgbm": "LightGBM", "torch": "torch MLP"}
 
@@ -108,11 +108,12 @@ def evaluate_model(
     baseline_kind: str,
     lake: Lake,
     report_dir: str,
+    baseline_rows: int | None = None,
 ) -> Evaluation:
     model = trained.model
     y = parts.test.get_column(target).cast(pl.Float64).to_numpy()
-    p = np.clip(model.predict_frame(parts.test), 1e-7, 1 - 1e-7)
-    _, baseline = fit_baseline(parts, model.features, categorical, target, baseline_kind)
+    p = np.clip(in_chunks(model.predict_frame, parts.test), 1e-7, 1 - 1e-7)
+    _, baseline = fit_baseline(parts, model.features, categorical, target, baseline_kind, baseline_rows)
     baseline = np.clip(baseline, 1e-7, 1 - 1e-7)
     calibration = calibration_table(y, p)
     gains = model.importance()

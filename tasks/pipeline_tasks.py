@@ -132,9 +132,11 @@ def build_feature_table(batch: ValidatedBatch, dataset: DatasetConfig, lake: Lak
     )
 
 
-def load_split(features: feature_code.FeatureSet, dataset: DatasetConfig, lake: Lake) -> SplitFrames:
-    frame = lake.read_parquet(features.path)
-    return split_frames(frame, dataset)
+def load_split(
+    features: feature_code.FeatureSet, dataset: DatasetConfig, lake: Lake, keep: tuple[str, ...]
+) -> SplitFrames:
+    """The parts of the feature table a stage needs (the others are left empty)."""
+    return split_frames(lake.read_parquet(features.path), dataset, keep)
 
 
 @task(name="train", cache_policy=STAGE_CACHE, persist_result=True, retry_condition_fn=retry_unless_bad_data)
@@ -154,12 +156,12 @@ def train(features: feature_code.FeatureSet, dataset: DatasetConfig, lake: Lake,
 def evaluate(
     trained: TrainedModel, features: feature_code.FeatureSet, dataset: DatasetConfig, lake: Lake
 ) -> Evaluation:
-    parts = load_split(features, dataset, lake)
+    parts = load_split(features, dataset, lake, keep=("train", "test"))  # train: the baseline's
     model_hash = trained.model.digest()[:12]
     report_dir = lake.path("reports", dataset.name, features.batch_id, model_hash)
-    return evaluate_model(
-        trained, parts, features.categorical_columns, features.target, dataset.model.baseline, lake, report_dir
-    )
+    model = dataset.model
+    args = (features.categorical_columns, features.target, model.baseline, lake, report_dir, model.baseline_rows)
+    return evaluate_model(trained, parts, *args)
 
 
 @task(name="register", tags={IO}, retry_condition_fn=retry_unless_bad_data)
@@ -185,7 +187,7 @@ def promote(
     lake: Lake,
     tracking_uri: str,
 ) -> GateDecision:
-    test = load_split(features, dataset, lake).test
+    test = load_split(features, dataset, lake, keep=("test",)).test
     return promote_if_better(registration, evaluation, test, features.target, dataset.gate, tracking_uri)
 
 

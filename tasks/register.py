@@ -14,14 +14,13 @@ from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from fusion.core.lake import Lake
 from fusion.core.logs import printed_to_log
 from fusion.core.settings import DatasetConfig, GateConfig
 from tasks.evaluate import Evaluation
-from tasks.train import TrainedModel
+from tasks.train import TrainedModel, in_chunks
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
@@ -246,7 +245,7 @@ def score_on(model: Any, test: pl.DataFrame, target: str) -> float:
     from sklearn.metrics import roc_auc_score
 
     columns = [c.name for c in model.metadata.get_input_schema().inputs]
-    predicted = np.asarray(model.predict(test.select(columns).to_pandas()))
+    predicted = in_chunks(lambda chunk: model.predict(chunk.to_pandas()), test.select(columns))
     return float(roc_auc_score(test.get_column(target).to_numpy(), predicted))
 
 

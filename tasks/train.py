@@ -29,9 +29,11 @@ class SplitFrames:
     # how the rows were divided, logged with the run: method, its settings, and a digest of which row
     # went where (the same digest run to run means the same split)
     record: dict[str, Any] = field(default_factory=dict)
+    # rows in each part, also of parts not kept (`split_frames(keep=...)` leaves those empty)
+    counts: dict[str, int] = field(default_factory=dict)
 
     def sizes(self) -> dict[str, int]:
-        return {"train": self.train.height, "valid": self.valid.height, "test": self.test.height}
+        return self.counts or {"train": self.train.height, "valid": self.valid.height, "test": self.test.height}
 
 
 @dataclass(frozen=True)
@@ -58,10 +60,14 @@ class TrainedModel:
 TRAIN, VALID, TEST = 0, 1, 2
 
 
-def split_frames(frame: pl.DataFrame, dataset: DatasetConfig) -> SplitFrames:
+PARTS = ("train", "valid", "test")
+
+
+def split_frames(frame: pl.DataFrame, dataset: DatasetConfig, keep: tuple[str, ...] = PARTS) -> SplitFrames:
     """The feature table in train, valid and test as `dataset.split` says: by event date (time), by a
     seeded draw of rows (random), of rows within each target class (stratified: every part keeps the
-    target's rate to a row), or of groups (group: all rows of a `group_by` value in one part)."""
+    target's rate to a row), or of groups (group: all rows of a `group_by` value in one part). Parts
+    not in `keep` are left empty (a stage that scores the test split holds no copy of the others)."""
     split = dataset.split
     if split.method in ROW_WISE:
         part = row_parts(frame, dataset)
@@ -69,15 +75,17 @@ def split_frames(frame: pl.DataFrame, dataset: DatasetConfig) -> SplitFrames:
         labels = frame.get_column(dataset.target.name).to_numpy() if split.method == "stratified" else None
         part = drawn_parts(frame.height, split, labels)
     record = split_record(split, part)
+    counts = np.bincount(part, minlength=3)
+    sizes = {name: int(counts[code]) for name, code in zip(PARTS, (TRAIN, VALID, TEST), strict=True)}
+    check_sizes(sizes, record, frame.height)
     assigned = pl.Series("_part", part, dtype=pl.Int8)
-    parts = SplitFrames(
-        train=frame.filter(assigned == TRAIN),
-        valid=frame.filter(assigned == VALID),
-        test=frame.filter(assigned == TEST),
-        record=record,
+
+    def rows(name: str, code: int) -> pl.DataFrame:
+        return frame.filter(assigned == code) if name in keep else frame.clear()
+
+    return SplitFrames(
+        train=rows("train", TRAIN), valid=rows("valid", VALID), test=rows("test", TEST), record=record, counts=sizes
     )
-    check_sizes(parts.sizes(), record, frame.height)
-    return parts
 
 
 # Splits that decide each row from its own values, so any slice of the table can be split alone; the
@@ -239,10 +247,19 @@ def dask_client_with_workers() -> tuple[Any, int]:
 
 
 def fit_baseline(
-    parts: SplitFrames, features: list[str], categorical: list[str], target: str, kind: str
+    parts: SplitFrames,
+    features: list[str],
+    categorical: list[str],
+    target: str,
+    kind: str,
+    max_rows: int | None = None,
 ) -> tuple[Any, np.ndarray]:
-    """Logistic regression on the same features (or the class prior); returns (model, test probabilities)."""
-    y_train = _labels(parts.train, target, "train")
+    """Logistic regression on the same features (or the class prior), fitted on at most `max_rows` train
+    rows (a seeded sample); returns (model, test probabilities, scored in chunks)."""
+    train = parts.train
+    if max_rows is not None and train.height > max_rows:
+        train = train.sample(n=max_rows, seed=0)
+    y_train = _labels(train, target, "train")
     if kind == "prior":
         return None, np.full(parts.test.height, y_train.mean())
     from sklearn.compose import ColumnTransformer
@@ -275,5 +292,15 @@ def fit_baseline(
             pdf[c] = pdf[c].astype(object)
         return pdf
 
-    model.fit(frame(parts.train), y_train)
-    return model, model.predict_proba(frame(parts.test))[:, 1]
+    model.fit(frame(train), y_train)
+    return model, in_chunks(lambda chunk: model.predict_proba(frame(chunk))[:, 1], parts.test)
+
+
+SCORE_ROWS = 200_000  # rows scored at once: a chunk's matrix, not the whole split's, is held beside it
+
+
+def in_chunks(predict: Any, frame: pl.DataFrame, rows: int = SCORE_ROWS) -> np.ndarray:
+    """`predict` over consecutive slices of `frame`, joined."""
+    if frame.height <= rows:
+        return np.asarray(predict(frame))
+    return np.concatenate([np.asarray(predict(frame.slice(a, rows))) for a in range(0, frame.height, rows)])

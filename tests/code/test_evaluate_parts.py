@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from sklearn.calibration import calibration_curve
@@ -35,3 +37,49 @@ def test_calibration_table_on_many_rows_keeps_every_row() -> None:
     assert all(b.lower < 0.3 or b.lower >= 0.7 for b in table)
     assert [b.mean_predicted for b in table] == pytest.approx(predicted.tolist())
     assert [b.observed_rate for b in table] == pytest.approx(observed.tolist())
+
+
+def test_a_stage_keeps_only_the_parts_it_scores_with_the_whole_splits_sizes_and_digest(
+    flights_settings: Any,
+) -> None:
+    from tasks.train import split_frames
+    from tests.code.test_tables_without_time import dataset, labelled
+
+    frame = labelled(1000, 0.3)
+    config = dataset(flights_settings, {"method": "stratified", "valid_fraction": 0.15, "test_fraction": 0.15})
+    whole = split_frames(frame, config)
+    test_only = split_frames(frame, config, keep=("test",))
+    assert test_only.test.equals(whole.test) and test_only.record == whole.record
+    assert test_only.train.height == test_only.valid.height == 0
+    assert test_only.sizes() == whole.sizes() == {"train": 700, "valid": 150, "test": 150}
+
+
+def test_scores_in_chunks_equal_one_call() -> None:
+    import polars as pl
+
+    from tasks.train import in_chunks
+
+    frame = pl.DataFrame({"x": np.arange(1003.0)})
+    calls: list[int] = []
+
+    def predict(chunk: pl.DataFrame) -> np.ndarray:
+        calls.append(chunk.height)
+        return chunk.get_column("x").to_numpy() * 2
+
+    assert np.array_equal(in_chunks(predict, frame, rows=100), frame.get_column("x").to_numpy() * 2)
+    assert calls == [100] * 10 + [3]
+
+
+def test_the_baseline_is_fitted_on_a_seeded_sample_of_at_most_max_rows() -> None:
+    import polars as pl
+
+    from tasks.train import SplitFrames, fit_baseline
+
+    rng = np.random.default_rng(3)
+    train = pl.DataFrame({"x": rng.normal(size=5000), "y": rng.uniform(size=5000) < 0.3})
+    test = pl.DataFrame({"x": rng.normal(size=10), "y": [True, False] * 5})
+    parts = SplitFrames(train=train, valid=train.head(0), test=test)
+    _, prior = fit_baseline(parts, ["x"], [], "y", "prior", max_rows=500)
+    assert prior == pytest.approx([train.sample(n=500, seed=0).get_column("y").mean()] * 10)
+    _, everything = fit_baseline(parts, ["x"], [], "y", "prior")
+    assert everything == pytest.approx([train.get_column("y").mean()] * 10)
