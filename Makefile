@@ -11,7 +11,7 @@ FUSION_HOME ?= .fusion
 export FUSION_HOME
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: audit help setup run run-example run-examples serve up down deploy status notebooks lab test test-fast lint typecheck rust-check bench bench-events bench-features bench-models bench-dask-train device-check bench-serving bench-serving-logs mlflow-ui docs clean infra-check
+.PHONY: audit help setup run run-example run-examples serve up down deploy status notebooks lab test test-fast lint typecheck rust-check bench bench-events bench-features bench-models bench-dask-train bench-scale device-check bench-serving bench-serving-logs mlflow-ui docs clean infra-check
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -125,7 +125,10 @@ bench-models: setup ## LightGBM vs torch MLP vs best (and a valid-tuned blend) o
 	$(PY) -m benchmarks.models --write docs/BENCHMARKS.md
 
 bench-dask-train: setup ## lightgbm.dask on 2 worker processes (reading the lake) vs plain LightGBM in one process: time, test AUC, peak RSS -> docs/BENCHMARKS.md
-	$(PY) -m benchmarks.dask_training --write docs/BENCHMARKS.md
+	$(PY) -m benchmarks.dask_training --write docs/BENCHMARKS.md $(ARGS)
+
+bench-scale: setup ## fusion run at 336,776 / 1M / 10M rows, 1 and 2 Dask workers: per-stage time and peak RSS of every process -> docs/BENCHMARKS.md, docs/scale.png
+	$(PY) -m benchmarks.scale --write docs/BENCHMARKS.md
 
 device-check: setup ## torch on CUDA and on CPU, same epochs: rows/s, test AUC, peak GPU memory (CPU part only without CUDA)
 	$(PY) -m benchmarks.models --device-check --write docs/BENCHMARKS.md

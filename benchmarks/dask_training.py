@@ -143,10 +143,57 @@ def report(results: list[dict[str, Any]], when: str, where: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+PER_ROUND = {  # name: (extra LightGBM params, threads in one process; None = lightgbm.dask on the 2 workers)
+    "one process, 1 thread": ({}, 1),
+    "one process, 2 threads": ({}, 2),
+    "lightgbm.dask 2x1 (LightGBM's choice: col-wise)": ({}, None),
+    "lightgbm.dask 2x1, force_row_wise": ({"force_row_wise": True}, None),
+}
+
+
+def per_round(size: str, dataset: DatasetConfig, client: Any) -> str:
+    """Seconds per boosting round (read, split and fit over rounds run: best + early_stopping_rounds) of
+    each way in PER_ROUND, on one feature table: how much of the second core each way uses."""
+    lines = [
+        '## Distributed training: seconds per round (`make bench-dask-train ARGS="--per-round --sizes real"`)',
+        "",
+        f"Measured {dt.date.today().isoformat()} on {machine()}. Command:"
+        ' `make bench-dask-train ARGS="--per-round --sizes real"`. The',
+        f"{size} table's features, from the URI to a trained model; rounds run = best round + the early-stopping",
+        "patience. Speed-up: over one process with 1 thread, per round.",
+        "",
+        "| way | seconds | rounds run | s / round | speed-up |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    with tempfile.TemporaryDirectory(prefix="fusion-bench-rounds-") as tmp:
+        folder = Path(tmp)
+        table = feature_table(size, dataset, folder)
+        lake = Lake(str(folder))
+        single = None
+        for name, (extra, threads) in PER_ROUND.items():
+            model = dataset.model.model_copy(update={"params": {**dataset.model.params, **extra}})
+            ds = dataset.model_copy(update={"model": model})
+            started = time.perf_counter()
+            if threads is None:
+                trained = train_lightgbm_from_lake(client, lake, table, ds)
+            else:
+                parts = split_frames(lake.read_parquet(table.path), ds)
+                args = (parts, table.feature_columns, table.categorical_columns, table.target, ds.model)
+                trained = train_lightgbm(*args, threads=threads)
+            seconds = time.perf_counter() - started
+            rounds = trained.best_iteration + ds.model.early_stopping_rounds
+            single = single or seconds / rounds
+            lines.append(
+                f"| {name} | {seconds:.1f} | {rounds} | {seconds / rounds:.4f} | {single / (seconds / rounds):.2f}x |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="real,1000000,3000000", help="'real' and/or generated row counts")
     parser.add_argument("--write", type=Path, help="update this BENCHMARKS.md")
+    parser.add_argument("--per-round", action="store_true", help="seconds per round of each way, on the first size")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("distributed").setLevel(logging.WARNING)
@@ -158,6 +205,12 @@ def main() -> None:
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
+        if args.per_round:
+            section = per_round(args.sizes.split(",")[0], dataset, client)
+            print(section)
+            if args.write:
+                write_section(args.write, section)
+            return
         worker_pids = [int(pid) for pid in client.run(lambda: __import__("os").getpid()).values()]
         for size in args.sizes.split(","):
             results.append(compare(size.strip(), dataset, client, worker_pids))

@@ -115,21 +115,21 @@ def vocabulary(summaries: list[PieceSummary], columns: list[str], min_count: int
     return CategoryVocabulary(vocab)
 
 
-def encode(pieces: list[Piece], which: str, features: list[str], target: str, vocab: CategoryVocabulary) -> Any:
-    """The train or valid rows of `pieces`, in their order, as LightGBM's matrix and labels."""
-    frame = pl.concat([getattr(p, which) for p in pieces], how="vertical_relaxed")
+def encode(frames: list[pl.DataFrame], features: list[str], target: str, vocab: CategoryVocabulary) -> Any:
+    """`frames`' rows, in their order, as LightGBM's matrix and labels."""
+    frame = pl.concat(frames, how="vertical_relaxed")
     return to_matrix(frame, features, vocab), frame.get_column(target).cast(pl.Float64).to_numpy()
 
 
 def _encoded(
-    client: Any, worker: str, pieces: list[Any], which: str, rows: int, table: FeatureSet, vocab: CategoryVocabulary
+    client: Any, worker: str, frames: list[Any], rows: int, table: FeatureSet, vocab: CategoryVocabulary
 ) -> tuple[Any, Any, list[Any]]:
-    """Dask arrays of one block each, the matrix and labels of `pieces`' train or valid rows, made and
-    kept on `worker`; and their futures."""
+    """Dask arrays of one block each, the matrix and labels of `frames` (futures of pieces' train or valid
+    rows), made and kept on `worker`; and their futures."""
     import dask
     import dask.array as da
 
-    args = (pieces, which, table.feature_columns, table.target, vocab)
+    args = (frames, table.feature_columns, table.target, vocab)
     xy = client.submit(encode, *args, workers=[worker], pure=False)
     x = client.submit(operator.itemgetter(0), xy, workers=[worker])
     y = client.submit(operator.itemgetter(1), xy, workers=[worker])
@@ -185,13 +185,17 @@ def train_lightgbm_from_lake(
     split_seconds = time.perf_counter() - started
     features = table.feature_columns
 
+    # each piece's train and valid rows as futures of their own, so only valid rows travel between workers
+    trains = [client.submit(operator.attrgetter("train"), p, workers=[w]) for p, w in zip(pieces, owner, strict=True)]
+    valids = [client.submit(operator.attrgetter("valid"), p, workers=[w]) for p, w in zip(pieces, owner, strict=True)]
+    del pieces
     train_parts, valid_parts = [], []
     for w in workers:
-        mine = [p for p, o in zip(pieces, owner, strict=True) if o == w]
+        mine = [f for f, o in zip(trains, owner, strict=True) if o == w]
         train_rows = sum(int(c[TRAIN]) for c, o in zip(counts, owner, strict=True) if o == w)
-        train_parts.append(_encoded(client, w, mine, "train", train_rows, table, vocab))
-        valid_parts.append(_encoded(client, w, pieces, "valid", sizes["valid"], table, vocab))
-    del pieces  # the frames on the workers go once their matrices are made
+        train_parts.append(_encoded(client, w, mine, train_rows, table, vocab))
+        valid_parts.append(_encoded(client, w, valids, sizes["valid"], table, vocab))
+    del trains, valids  # the frames on the workers go once their matrices are made
     wait([f for part in (*train_parts, *valid_parts) for f in part[2]])
     encode_seconds = time.perf_counter() - started - split_seconds
 
