@@ -198,8 +198,10 @@ def report(results: list[dict[str, Any]], when: str, where: str, plot: str | Non
             b = base[r["workers"]]
             lines.append(
                 f"- {r['rows']:,} rows, {r['workers']} worker(s): {r['rows'] / b['rows']:.1f}x the rows,"
-                f" {r['wall'] / b['wall']:.2f}x the wall time of the real table's run"
+                f" {r['wall'] / b['wall']:.2f}x the wall time of the real table's run (target: at most 30x)"
             )
+    largest = max(r["peak_mb"]["any"] for r in results)
+    lines.append(f"- largest process at any size: {largest:,} MB (target: at most 8 GB)")
     if plot:
         lines += ["", f"![time and memory against rows]({plot})"]
     return "\n".join(lines) + "\n"
@@ -212,20 +214,17 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    series = ["wall", "validate", "features", "train", "evaluate"]
+    colors = dict(zip(series, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     for workers in sorted({r["workers"] for r in results}):
         mine = sorted((r for r in results if r["workers"] == workers), key=lambda r: r["rows"])
         rows = [r["rows"] for r in mine]
+        style = "-" if workers == 1 else "--"
         label = f"{workers} worker{'s' if workers > 1 else ''}"
-        left.plot(rows, [r["wall"] for r in mine], marker="o", label=f"wall, {label}")
-        for stage in ("validate", "features", "train", "evaluate"):
-            left.plot(
-                rows,
-                [r["stages"].get(stage, {}).get("seconds", 0) for r in mine],
-                ls=":",
-                marker=".",
-                label=f"{stage}, {label}",
-            )
-        right.plot(rows, [r["peak_mb"]["any"] for r in mine], marker="o", label=f"largest process, {label}")
+        for name in series:
+            seconds = [r["wall"] if name == "wall" else r["stages"].get(name, {}).get("seconds", 0) for r in mine]
+            left.plot(rows, seconds, ls=style, marker="o", color=colors[name], label=f"{name}, {label}")
+        right.plot(rows, [r["peak_mb"]["any"] for r in mine], ls=style, marker="o", label=f"largest process, {label}")
     for ax, title in ((left, "seconds"), (right, "peak RSS (MB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
