@@ -28,17 +28,6 @@ import psutil
 from benchmarks.pipeline import REPO, clean_env, machine, write_section
 
 COMMAND = "make bench-scale"
-STAGES = [
-    "fingerprint",
-    "ingest",
-    "validate",
-    "features",
-    "train",
-    "evaluate",
-    "register",
-    "promote",
-    "online-features",
-]
 DONE = re.compile(r"(?P<stage>[\w-]+) done in (?P<seconds>[\d.]+) s")
 TABLES = ("flights", "weather", "planes")
 
@@ -106,7 +95,7 @@ def run_once(env: dict[str, str]) -> dict[str, Any]:
     for line in child.stderr:
         tail = [*tail[-40:], line]
         match = DONE.search(line)
-        if match and match["stage"] in STAGES:
+        if match:
             end = time.perf_counter()
             windows[match["stage"]] = (end - float(match["seconds"]), end)
     out = child.stdout.read()
@@ -116,6 +105,7 @@ def run_once(env: dict[str, str]) -> dict[str, Any]:
     if child.returncode != 0:
         raise RuntimeError(f"fusion run failed ({child.returncode}):\n{''.join(tail)}")
     summary = json.loads(out.strip().splitlines()[-1])
+    stages = [r["stage"] for r in summary["stages"]]  # in the order they ran
     first_stage = min((w[0] for w in windows.values()), default=started)
     return {
         "wall": wall,
@@ -126,7 +116,7 @@ def run_once(env: dict[str, str]) -> dict[str, Any]:
                 "seconds": next(r["seconds"] for r in summary["stages"] if r["stage"] == s),
                 "peak_mb": peaks(sampler.samples, *windows[s]),
             }
-            for s in STAGES
+            for s in stages
             if s in windows
         },
         "peak_mb": peaks(sampler.samples, started, time.perf_counter()),
@@ -166,6 +156,7 @@ def measure(size: str, workers: int, root: Path) -> dict[str, Any]:
 
 
 def report(results: list[dict[str, Any]], when: str, where: str, plot: str | None) -> str:
+    stages = list(dict.fromkeys(s for r in results for s in r["stages"]))
     lines = [
         "## Scale: the whole pipeline at 336,776, 1M and 10M rows (`make bench-scale`)",
         "",
@@ -175,14 +166,14 @@ def report(results: list[dict[str, Any]], when: str, where: str, plot: str | Non
         "in MB: flow = the `fusion run` process, worker = the largest Dask worker, sampled every 0.2 s.",
         "",
         "| rows | workers | wall (s) | before first stage (s) | "
-        + " | ".join(STAGES)
+        + " | ".join(stages)
         + " | peak RSS flow / worker / any (MB) | test AUC |",
-        "|---:|---:|---:|---:|" + "---:|" * len(STAGES) + "---|---:|",
+        "|---:|---:|---:|---:|" + "---:|" * len(stages) + "---|---:|",
     ]
     for r in results:
         cells = [
             f"{r['stages'][s]['seconds']:.1f} ({r['stages'][s]['peak_mb']['any']:,})" if s in r["stages"] else "-"
-            for s in STAGES
+            for s in stages
         ]
         peak = r["peak_mb"]
         auc = r["summary"]["metrics"].get("test_auc")
