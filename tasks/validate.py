@@ -202,11 +202,10 @@ def run_suite(
     table: str,
     frame: pl.DataFrame,
     suite_json: dict[str, Any],
-    batch_rows: int = 1_000_000,
+    batch_rows: int,
 ) -> SuiteRun:
     """Validate one table with GX (in slices of `batch_rows` rows when larger: `plan_units`); the combined
     result is stored and rendered into Data Docs as one run."""
-    import great_expectations as gx
     from great_expectations.core.expectation_suite import ExpectationSuite
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
@@ -232,7 +231,7 @@ def run_suite(
             results.setdefault(mine[_config_key(result.expectation_config)], []).append(result)
     assert first is not None
     combined = [combine_results(results[i]) for i in range(len(expectations))]
-    validation = store_and_render(context, gx, first, combined, name)
+    validation = store_and_render(context, first, combined, name)
     outcomes: list[ExpectationOutcome] = []
     bad_rows: set[int] = set()
     for r in combined:
@@ -288,7 +287,7 @@ def combine_results(parts: list[Any]) -> Any:
         merged["missing_percent"] = share(merged["missing_count"], elements)
         merged["unexpected_percent_total"] = share(unexpected, elements)
         merged["unexpected_percent_nonmissing"] = share(unexpected, considered)
-    partial = PARTIAL_UNEXPECTED
+    partial = PARTIAL_UNEXPECTED  # GX's partial lists are the first 20
     if "partial_unexpected_list" in details[0]:
         values = merged.get("unexpected_list") or [v for d in details for v in d["partial_unexpected_list"]]
         merged["partial_unexpected_list"] = values[:partial]
@@ -326,7 +325,7 @@ def _value_counts(values: list[Any], limit: int) -> list[dict[str, Any]]:
         return [{"error": "partial_exception_counts requires a hashable type"}]
 
 
-def store_and_render(context: Any, gx: Any, first: Any, results: list[Any], name: str) -> Any:
+def store_and_render(context: Any, first: Any, results: list[Any], name: str) -> Any:
     """The whole table's validation result, kept in the project's store and rendered into Data Docs as a
     checkpoint with a Data Docs action would."""
     import datetime as dt
@@ -375,7 +374,7 @@ def run_suites(
     dataset: str,
     frames: dict[str, pl.DataFrame],
     suites: dict[str, dict[str, Any]],
-    batch_rows: int = 1_000_000,
+    batch_rows: int,
 ) -> dict[str, SuiteRun]:
     """Run each table's suite; a table without a suite is not validated. The Data Docs pages written
     load their CSS/JS from copies in the site, not from CDNs (tasks.data_docs)."""
@@ -398,7 +397,7 @@ def validate_tables(
     suites: dict[str, dict[str, Any]],
     dataset: str,
     gx_root: Path,
-    batch_rows: int = 1_000_000,
+    batch_rows: int,
 ) -> dict[str, SuiteRun]:
     """Each table's suite run on frames in memory (a notebook's tables), with the GX project under
     `gx_root`; nothing is written to the lake or quarantined."""
