@@ -24,7 +24,15 @@ RUST_SOURCES := rust_ext/pyproject.toml rust_ext/Cargo.toml rust_ext/Cargo.lock 
 
 $(VENV)/.synced: $(UV) pyproject.toml uv.lock $(RUST_SOURCES)
 	@command -v cargo >/dev/null || { echo "error: rust_ext needs a Rust toolchain (cargo) on PATH" >&2; exit 1; }
-	$(UV) sync --frozen --python 3.11
+	$(UV) sync --frozen --python 3.11 --compile-bytecode
+	@touch $@
+
+# A migrated Prefect database for the installed Prefect: a fresh FUSION_HOME's embedded API starts from a
+# copy instead of migrating (fusion/runtime.py, seed_prefect_database)
+PREFECT_TEMPLATE := $(VENV)/.prefect-template
+
+$(PREFECT_TEMPLATE): $(VENV)/.synced
+	$(PY) -m fusion.runtime prefect-template
 	@touch $@
 
 DATA_DOCS_ASSETS := $(TOOLS)/datadocs/.complete
@@ -32,7 +40,7 @@ DATA_DOCS_ASSETS := $(TOOLS)/datadocs/.complete
 $(DATA_DOCS_ASSETS): $(VENV)/.synced tasks/data_docs.py
 	$(PY) -m tasks.data_docs fetch $(TOOLS)/datadocs
 
-setup: $(VENV)/.synced $(DATA_DOCS_ASSETS) ## install uv, the locked environment and GX Data Docs' CSS/JS (idempotent)
+setup: $(VENV)/.synced $(PREFECT_TEMPLATE) $(DATA_DOCS_ASSETS) ## install uv, the locked environment (compiled to bytecode), a migrated Prefect database and GX Data Docs' CSS/JS (idempotent)
 
 run: setup ## run the training pipeline on the default config (2013 NYC flights)
 	$(VENV)/bin/fusion run
@@ -100,7 +108,7 @@ rust-check: setup ## rust_ext: cargo fmt --check, clippy (warnings are errors) a
 	cd rust_ext && PYO3_PYTHON=$(abspath $(PY)) cargo test --locked
 
 test: setup lint typecheck rust-check infra-check ## lint, layers, types, Rust checks, infra checks and the whole pytest suite, in random order
-	$(VENV)/bin/pytest --ignore=tests/infra
+	$(VENV)/bin/pytest --ignore=tests/infra --durations=15
 
 infra-check: setup ## infra/ offline: Terraform parsed and formatted, manifests against Kubernetes schemas and CRDs, wiring, checkov
 	$(PY) -m tests.infra.crds

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
+import hashlib
+import importlib.metadata
 import os
-import threading
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
 
 from fusion.core.logs import logging_environment
 from fusion.core.settings import Settings
@@ -40,29 +51,209 @@ def prepare_environment(settings: Settings, verbose: bool = False) -> None:
         os.environ.setdefault(key, value)
 
 
-def start_embedded_prefect_api() -> threading.Thread | None:
-    """With no PREFECT_API_URL, boot Prefect's embedded API server in the background.
+def start_embedded_prefect_api() -> EmbeddedPrefectApi | None:
+    """With no PREFECT_API_URL, start Prefect's embedded API server in its own process now.
 
-    Prefect would start it on the flow's first API call; starting it now lets its ~20 s boot
-    overlap the ~10 s of imports that come before the flow. Join the thread before running.
-    Its URL is then exported as PREFECT_API_URL, so Dask worker processes started afterwards
-    use this one server instead of each booting an embedded API of its own.
+    Prefect would start it on the flow's first API call, after the flow's imports; started first,
+    its boot runs on another core beside them. Its URL is exported as PREFECT_API_URL at once, so
+    Prefect (imported later) and Dask worker processes use this one server instead of each booting an
+    embedded API of its own. Call `wait()` on the result before the first API call.
     """
     if os.environ.get("PREFECT_API_URL"):
         return None
-
-    def boot() -> None:
-        os.environ["PREFECT_API_URL"] = embedded_prefect_api_url()
-
-    thread = threading.Thread(target=boot, name="prefect-embedded-api", daemon=True)
-    thread.start()
-    return thread
+    api = EmbeddedPrefectApi()
+    api.start()
+    return api
 
 
 def embedded_prefect_api_url() -> str:
-    """Start (once per process) Prefect's embedded API server and return its URL."""
+    """The URL of this process's embedded Prefect API, started by Prefect's own launcher (once per process).
+
+    For a process that has imported Prefect already (a test, a notebook): Prefect fixed its settings at
+    import, with no API URL, so its client uses the embedded server of Prefect's launcher, and this is
+    that same server. Before Prefect is imported, `start_embedded_prefect_api` starts faster."""
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()
     server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")))
     return str(server.api_url)
+
+
+# Prefect's own launcher's options (SubprocessASGIServer), the port last
+UVICORN = ["--host", "127.0.0.1", "--log-level", "error", "--lifespan", "on", "--port"]
+
+
+class EmbeddedPrefectApi:
+    """Prefect's embedded API server (the one Prefect starts when no API URL is set), started by Fusion.
+
+    The same server as Prefect's own `SubprocessASGIServer`: uvicorn on `create_app` with the variables
+    Prefect sets for an ephemeral server, on loopback, stopped when this process exits. Two things
+    differ, both for start-up time:
+    - nothing of the server is imported into this process (Prefect's launcher imports the whole server
+      app, ~8 s of this process's CPU, for a server that runs in another process);
+    - a fresh PREFECT_HOME's SQLite database starts as a copy of the installed template
+      (`prefect_template_path`, made by `make setup`: `python -m fusion.runtime prefect-template`), so the
+      server skips ~16 s of migrations and block registration. Without a template, or with a database
+      URL of the user's own, Prefect migrates as usual.
+    """
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.seeded = False
+        self._log: Path | None = None
+
+    def start(self) -> None:
+        home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()
+        home.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        self.seeded = seed_prefect_database(home)
+        if self.seeded:  # the template's block types are registered: the server need not write them again
+            env["PREFECT_API_BLOCKS_REGISTER_ON_START"] = "false"
+        port = _free_port()
+        self._log = home / "embedded-api.log"
+        with self._log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--factory",
+                    "prefect.server.api.server:create_app",
+                    *UVICORN,
+                    str(port),
+                ],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        self.url = f"http://127.0.0.1:{port}/api"
+        # Exported now, before anything imports Prefect: Prefect reads its settings once, at import, and
+        # with no URL would start an embedded server of its own. `wait()` before the first API call.
+        os.environ["PREFECT_API_URL"] = self.url
+        atexit.register(self.stop)
+
+    def wait(self, timeout: float | None = None) -> str:
+        """Block until the server answers /health; return its URL."""
+        if self.process is None:
+            raise RuntimeError("the embedded Prefect API was not started")
+        limit = timeout or float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"))
+        deadline = time.monotonic() + limit
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"Prefect's embedded API server exited with code {self.process.returncode}; its log,"
+                    f" {self._log}, ends:\n{self._log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(
+                    f"Prefect's embedded API server did not answer {self.url}/health within {limit:.0f} s"
+                    f" (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); its log ends:\n{self._log_tail()}"
+                )
+            time.sleep(0.1)
+        return self.url
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def _log_tail(self) -> str:
+        if self._log is None or not self._log.exists():
+            return ""
+        return self._log.read_text(errors="replace")[-3000:]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def prefect_template_path() -> Path:
+    """Where the migrated Prefect database for the installed Prefect (and its collections) lives."""
+    key = hashlib.sha256()
+    for dist in sorted(
+        (d.metadata["Name"].lower(), d.version)
+        for d in importlib.metadata.distributions()
+        if (d.metadata["Name"] or "").lower().startswith("prefect")
+    ):
+        key.update(f"{dist[0]}=={dist[1]};".encode())
+    version = importlib.metadata.version("prefect")
+    return Path(sys.prefix) / "share" / "fusion" / f"prefect-{version}-{key.hexdigest()[:12]}.db"
+
+
+def seed_prefect_database(home: Path) -> bool:
+    """Copy the template into a PREFECT_HOME that has no database yet; True when it did.
+
+    Only for Prefect's default database (SQLite in PREFECT_HOME): a database URL the user set is left alone.
+    """
+    if any(os.environ.get(f"PREFECT_{k}_DATABASE_CONNECTION_URL") for k in ("API", "SERVER")):
+        return False
+    database = home / "prefect.db"
+    template = prefect_template_path()
+    if database.exists() or not template.is_file():
+        return False
+    home.mkdir(parents=True, exist_ok=True)
+    partial = database.with_name(f".prefect.db.{os.getpid()}")
+    shutil.copyfile(template, partial)
+    try:
+        os.link(partial, database)  # fails if another process created the database meanwhile: keep theirs
+    except FileExistsError:
+        return False
+    finally:
+        partial.unlink()
+    return True
+
+
+def make_prefect_template() -> Path:
+    """Migrate a database in a scratch PREFECT_HOME through a real embedded server and keep a copy as the
+    template (what `make setup` runs; idempotent)."""
+    target = prefect_template_path()
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    saved = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED")}
+    with tempfile.TemporaryDirectory(prefix="fusion-prefect-template-") as scratch:
+        os.environ["PREFECT_HOME"] = scratch
+        os.environ.pop("PREFECT_API_URL", None)
+        os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+        api = EmbeddedPrefectApi()
+        try:
+            api.start()
+            api.wait(timeout=300)  # healthy: migrated, block types registered
+        finally:
+            api.stop()
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        partial = target.with_name(f".{target.name}.{os.getpid()}")
+        # the backup API folds the write-ahead log into one self-contained file
+        with sqlite3.connect(Path(scratch) / "prefect.db") as source, sqlite3.connect(partial) as copy:
+            source.backup(copy)
+        source.close()
+        copy.close()
+        os.replace(partial, target)
+    return target
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["prefect-template"]:
+        sys.exit("usage: python -m fusion.runtime prefect-template")
+    print(make_prefect_template())

@@ -32,6 +32,12 @@ for key, value in {
     "DO_NOT_TRACK": "1",
 }.items():
     os.environ.setdefault(key, value)
+# The session's Prefect database starts as a copy of the installed template (`make setup`), as a fresh
+# FUSION_HOME's does under `fusion run`: the first embedded server skips migrations and block registration.
+from fusion.runtime import seed_prefect_database  # noqa: E402
+
+if seed_prefect_database(Path(os.environ["PREFECT_HOME"])):
+    os.environ["PREFECT_API_BLOCKS_REGISTER_ON_START"] = "false"
 
 REPO = Path(__file__).resolve().parent.parent
 FLIGHTS_CONFIG = REPO / "configs" / "flights.yaml"

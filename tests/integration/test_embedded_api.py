@@ -1,0 +1,84 @@
+"""Prefect's embedded API as `fusion run` starts it: a real server process, its database seeded from the
+installed template, and a clear error when the server cannot start."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from fusion.runtime import EmbeddedPrefectApi, make_prefect_template, prefect_template_path, seed_prefect_database
+
+pytestmark = pytest.mark.integration
+
+
+def _no_api(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    """A fresh PREFECT_HOME and no API URL for this test; monkeypatch restores both (start() exports the URL)."""
+    monkeypatch.setenv("PREFECT_HOME", str(home))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    for key in ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL"):
+        monkeypatch.delenv(key, raising=False)
+
+
+def test_a_fresh_home_starts_from_the_template_and_serves_the_api(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    template = make_prefect_template()  # what `make setup` made; made here when missing
+    assert template == prefect_template_path() and template.is_file()
+    home = tmp_path / "prefect"
+    _no_api(monkeypatch, home)
+    api = EmbeddedPrefectApi()
+    api.start()
+    try:
+        import os
+
+        assert os.environ["PREFECT_API_URL"] == api.url  # exported before the server is up
+        url = api.wait(timeout=120)
+        assert api.seeded
+        request = urllib.request.Request(
+            f"{url}/flows/", data=json.dumps({"name": "seeded-home"}).encode(), method="POST"
+        )
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status in (200, 201)
+            flow_id = json.loads(response.read())["id"]
+    finally:
+        api.stop()
+    assert api.process is None
+    # the flow was written to this home's own copy; the template is untouched
+    with sqlite3.connect(home / "prefect.db") as db:
+        assert db.execute("select name from flow where id = ?", (flow_id,)).fetchone() == ("seeded-home",)
+    with sqlite3.connect(template) as db:
+        assert db.execute("select count(*) from flow").fetchone() == (0,)
+
+
+def test_a_home_with_a_database_or_a_database_url_is_not_seeded(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    make_prefect_template()
+    _no_api(monkeypatch, tmp_path)
+    (tmp_path / "prefect.db").write_bytes(b"the user's own")
+    assert not seed_prefect_database(tmp_path)
+    assert (tmp_path / "prefect.db").read_bytes() == b"the user's own"
+    other = tmp_path / "other"
+    other.mkdir()
+    monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", "postgresql+asyncpg://db/prefect")
+    assert not seed_prefect_database(other)
+    assert not (other / "prefect.db").exists()
+    monkeypatch.delenv("PREFECT_API_DATABASE_CONNECTION_URL")
+    assert seed_prefect_database(other)
+    assert (other / "prefect.db").read_bytes() == prefect_template_path().read_bytes()
+
+
+def test_a_server_that_cannot_start_is_an_error_with_its_log(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _no_api(monkeypatch, tmp_path)
+    (tmp_path / "prefect.db").write_bytes(b"not a database" * 100)
+    api = EmbeddedPrefectApi()
+    api.start()
+    with pytest.raises(RuntimeError, match=r"embedded API server exited with code \d+; its log") as caught:
+        api.wait(timeout=120)
+    assert str(tmp_path / "embedded-api.log") in str(caught.value)
+    assert "not a database" in str(caught.value) or "DatabaseError" in str(caught.value)
