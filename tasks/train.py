@@ -263,37 +263,53 @@ def fit_baseline(
     if kind == "prior":
         return None, np.full(parts.test.height, y_train.mean())
     from sklearn.compose import ColumnTransformer
-    from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
     numeric = [c for c in features if c not in categorical]
+    # Missing values and categories are prepared in Polars, from the train rows: a numeric column's
+    # median fills its gaps (NaN counts as missing), and each category becomes its index in the train
+    # rows' categories (missing as a category of its own, a category unseen in train as -1, which the
+    # encoder ignores). The same model as imputing and one-hot encoding object columns in sklearn, at a
+    # fraction of the cost (those run a Python loop per value).
+    medians = {c: _median(train.get_column(c)) for c in numeric}
+    vocab = {c: _categories(train.get_column(c)).unique().sort().to_list() for c in categorical}
     model = make_pipeline(
         ColumnTransformer(
             [
-                ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric),
+                ("num", StandardScaler(), list(range(len(numeric)))),
                 (
                     "cat",
-                    make_pipeline(
-                        SimpleImputer(strategy="constant", fill_value="__missing__"),
-                        OneHotEncoder(handle_unknown="ignore", min_frequency=20),
-                    ),
-                    categorical,
+                    OneHotEncoder(handle_unknown="ignore", min_frequency=20),
+                    list(range(len(numeric), len(features))),
                 ),
             ]
         ),
         LogisticRegression(max_iter=300),
     )
 
-    def frame(f: pl.DataFrame) -> Any:
-        pdf = f.select(features).to_pandas()
-        for c in categorical:
-            pdf[c] = pdf[c].astype(object)
-        return pdf
+    def matrix(f: pl.DataFrame) -> np.ndarray:
+        columns = [f.get_column(c).cast(pl.Float64).fill_nan(None).fill_null(medians[c]).alias(c) for c in numeric] + [
+            _categories(f.get_column(c))
+            .replace_strict(vocab[c], list(range(len(vocab[c]))), default=-1, return_dtype=pl.Float64)
+            .alias(c)
+            for c in categorical
+        ]
+        return pl.DataFrame(columns).to_numpy()
 
-    model.fit(frame(train), y_train)
-    return model, in_chunks(lambda chunk: model.predict_proba(frame(chunk))[:, 1], parts.test)
+    model.fit(matrix(train), y_train)
+    return model, in_chunks(lambda chunk: model.predict_proba(matrix(chunk))[:, 1], parts.test)
+
+
+def _median(column: pl.Series) -> float:
+    """The train rows' median, missing values (null or NaN) left out; 0 for a column with none."""
+    median = column.cast(pl.Float64).fill_nan(None).median()
+    return 0.0 if median is None else float(median)  # type: ignore[arg-type]
+
+
+def _categories(column: pl.Series) -> pl.Series:
+    return column.cast(pl.String).fill_null("__missing__")
 
 
 SCORE_ROWS = 200_000  # rows scored at once: a chunk's matrix, not the whole split's, is held beside it

@@ -83,3 +83,70 @@ def test_the_baseline_is_fitted_on_a_seeded_sample_of_at_most_max_rows() -> None
     assert prior == pytest.approx([train.sample(n=500, seed=0).get_column("y").mean()] * 10)
     _, everything = fit_baseline(parts, ["x"], [], "y", "prior")
     assert everything == pytest.approx([train.get_column("y").mean()] * 10)
+
+
+def test_the_logistic_baseline_equals_sklearns_own_imputing_and_encoding() -> None:
+    """Medians and category indices prepared in Polars give sklearn's SimpleImputer + OneHotEncoder model:
+    nulls and NaN in numbers, missing and rare categories, a category the train rows never had."""
+    import polars as pl
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    from tasks.train import SplitFrames, fit_baseline
+
+    rng = np.random.default_rng(7)
+
+    def frame(n: int, cities: list[str | None]) -> pl.DataFrame:
+        x = rng.normal(size=n)
+        x[rng.uniform(size=n) < 0.1] = np.nan
+        weights = np.array([1.0 if c is None or len(c) == 1 else 0.01 for c in cities])  # rare: < 20 rows
+        city = rng.choice(np.array(cities, dtype=object), size=n, p=weights / weights.sum())
+        y = (x > 0.3) ^ (rng.uniform(size=n) < 0.2) | (city == "b")
+        return pl.DataFrame(
+            {
+                "x": pl.Series(x).fill_nan(None).to_list(),
+                "z": rng.integers(0, 9, size=n).astype(float),
+                "city": city.tolist(),
+            }
+        ).with_columns(
+            pl.col("x").cast(pl.Float64),
+            pl.when(pl.int_range(pl.len()) % 7 == 0).then(float("nan")).otherwise(pl.col("z")).alias("z"),
+            pl.Series("y", y),
+        )
+
+    train = frame(3000, ["a", "b", "c", None, *[f"rare{i}" for i in range(40)]])
+    test = frame(500, ["a", "b", "c", None, "never-seen"])
+    parts = SplitFrames(train=train, valid=train.head(0), test=test)
+    _, ours = fit_baseline(parts, ["x", "z", "city"], ["city"], "y", "logistic")
+
+    reference = make_pipeline(
+        ColumnTransformer(
+            [
+                ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), ["x", "z"]),
+                (
+                    "cat",
+                    make_pipeline(
+                        SimpleImputer(strategy="constant", fill_value="__missing__"),
+                        OneHotEncoder(handle_unknown="ignore", min_frequency=20),
+                    ),
+                    ["city"],
+                ),
+            ]
+        ),
+        LogisticRegression(max_iter=300),
+    )
+
+    def pandas(f: pl.DataFrame) -> Any:
+        pdf = f.select("x", "z", "city").to_pandas()
+        pdf["city"] = pdf["city"].astype(object)
+        return pdf
+
+    reference.fit(pandas(train), train.get_column("y").to_numpy())
+    expected = reference.predict_proba(pandas(test))[:, 1]
+    rare = train.group_by("city").len().filter(pl.col("len") < 20).height
+    assert rare > 10  # grouped by min_frequency into one column
+    assert np.unique(ours).size > 10
+    np.testing.assert_allclose(ours, expected, atol=1e-6)
