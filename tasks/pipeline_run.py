@@ -143,12 +143,12 @@ class PipelineRun:
 
     def _configured(self, task: Any, name: str) -> Any:
         """The task with a readable run name (`ingest [flights]`), this run's cache choice, and
-        `pipeline.retries` when it does I/O (tag `io`)."""
+        `pipeline.retries` when it does I/O (`IO_TASKS`)."""
         options: dict[str, Any] = {
             "refresh_cache": None if self.pipeline.cache else True,
             "task_run_name": f"{name} [{self.dataset}]",
         }
-        if stages.IO in task.tags:
+        if task.name in stages.IO_TASKS:
             options |= {"retries": self.pipeline.retries, "retry_delay_seconds": self.pipeline.retry_delay_s}
         return task.with_options(**options)
 

@@ -70,8 +70,6 @@ def stage_cache_key(context: Any, inputs: dict[str, Any]) -> str | None:
 
 
 STAGE_CACHE = CacheKeyFnPolicy(cache_key_fn=stage_cache_key)
-# Tag of the tasks that do I/O: they retry as `pipeline.retries` / `retry_delay_s` say (tasks/pipeline_run.py).
-IO = "io"
 
 
 def retry_unless_bad_data(task: Any, task_run: Any, state: Any) -> bool:
@@ -85,20 +83,18 @@ def retry_unless_bad_data(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-@task(name="fingerprint-sources", tags={IO}, retry_condition_fn=retry_unless_bad_data)
+@task(name="fingerprint-sources", retry_condition_fn=retry_unless_bad_data)
 def fingerprint_sources(source: SourceConfig) -> dict[str, str]:
     return {table: source_fingerprint(cfg.uri) for table, cfg in source.tables.items()}
 
 
-@task(name="ingest", tags={IO}, cache_policy=STAGE_CACHE, persist_result=True, retry_condition_fn=retry_unless_bad_data)
+@task(name="ingest", cache_policy=STAGE_CACHE, persist_result=True, retry_condition_fn=retry_unless_bad_data)
 def ingest(dataset: str, source: SourceConfig, fingerprints: dict[str, str], lake: Lake) -> IngestedBatch:
     # `fingerprints` is not read here: it is part of the cache key, so changed sources re-ingest.
     return ingest_tables(dataset, source, lake)
 
 
-@task(
-    name="validate", tags={IO}, cache_policy=STAGE_CACHE, persist_result=True, retry_condition_fn=retry_unless_bad_data
-)
+@task(name="validate", cache_policy=STAGE_CACHE, persist_result=True, retry_condition_fn=retry_unless_bad_data)
 def validate(
     batch: IngestedBatch,
     suites: dict[str, dict[str, Any]],
@@ -164,7 +160,7 @@ def evaluate(
     return evaluate_model(trained, parts, *args)
 
 
-@task(name="register", tags={IO}, retry_condition_fn=retry_unless_bad_data)
+@task(name="register", retry_condition_fn=retry_unless_bad_data)
 def register(
     trained: TrainedModel,
     evaluation: Evaluation,
@@ -178,7 +174,7 @@ def register(
     return register_model(trained, evaluation, dataset, features.batch_id, example, lake, extra_artifacts, tracking_uri)
 
 
-@task(name="promote", tags={IO}, retry_condition_fn=retry_unless_bad_data)
+@task(name="promote", retry_condition_fn=retry_unless_bad_data)
 def promote(
     registration: Registration,
     evaluation: Evaluation,
@@ -191,7 +187,7 @@ def promote(
     return promote_if_better(registration, evaluation, test, features.target, dataset.gate, tracking_uri)
 
 
-@task(name="online-features", tags={IO}, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_bad_data)
+@task(name="online-features", cache_policy=NO_CACHE, retry_condition_fn=retry_unless_bad_data)
 def materialize_online(
     batch: ValidatedBatch, dataset: DatasetConfig, lake: Lake, redis_url: SecretStr | None
 ) -> Materialized:
@@ -218,7 +214,16 @@ def materialize_online(
     )
 
 
-@task(name="publish-event", tags={IO}, cache_policy=NO_CACHE)
+@task(name="publish-event", cache_policy=NO_CACHE)
 def publish(sink: EventSink, event: CloudEvent) -> str:
     sink.bus().publish(event)
     return event.id
+
+
+# The tasks that do I/O: they retry as `pipeline.retries` / `retry_delay_s` say (tasks/pipeline_run.py).
+# A set of names, not a Prefect tag: Prefect takes a tag concurrency slot (API calls that write to the
+# server's database) around every run of a tagged task, which stalled the run up to 2 s per stage on the
+# embedded API's SQLite.
+IO_TASKS = frozenset(
+    t.name for t in (fingerprint_sources, ingest, validate, register, promote, materialize_online, publish)
+)
