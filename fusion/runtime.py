@@ -227,22 +227,20 @@ def make_prefect_template() -> Path:
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    saved = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED")}
+    saved = dict(os.environ)
     with tempfile.TemporaryDirectory(prefix="fusion-prefect-template-") as scratch:
-        os.environ["PREFECT_HOME"] = scratch
-        os.environ.pop("PREFECT_API_URL", None)
-        os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+        # Prefect's defaults alone: a database URL or API URL of the user's must not be migrated or used
+        for key in [k for k in os.environ if k.startswith("PREFECT_")]:
+            del os.environ[key]
+        os.environ |= {"PREFECT_HOME": scratch, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
         api = EmbeddedPrefectApi()
         try:
             api.start()
             api.wait(timeout=300)  # healthy: migrated, block types registered
         finally:
             api.stop()
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+            os.environ.clear()
+            os.environ.update(saved)
         partial = target.with_name(f".{target.name}.{os.getpid()}")
         # the backup API folds the write-ahead log into one self-contained file
         with sqlite3.connect(Path(scratch) / "prefect.db") as source, sqlite3.connect(partial) as copy:

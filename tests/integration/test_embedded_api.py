@@ -4,6 +4,7 @@ installed template, and a clear error when the server cannot start."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import urllib.request
 from pathlib import Path
@@ -33,8 +34,6 @@ def test_a_fresh_home_starts_from_the_template_and_serves_the_api(
     api = EmbeddedPrefectApi()
     api.start()
     try:
-        import os
-
         assert os.environ["PREFECT_API_URL"] == api.url  # exported before the server is up
         url = api.wait(timeout=120)
         assert api.seeded
@@ -82,3 +81,22 @@ def test_a_server_that_cannot_start_is_an_error_with_its_log(monkeypatch: pytest
         api.wait(timeout=120)
     assert str(tmp_path / "embedded-api.log") in str(caught.value)
     assert "not a database" in str(caught.value) or "DatabaseError" in str(caught.value)
+
+
+def test_the_template_is_made_with_prefects_defaults_whatever_the_environment_says(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`make setup`'s step: a user's database URL or API URL is neither migrated nor used, and is still set after."""
+    import fusion.runtime
+
+    target = tmp_path / "share" / "prefect-template.db"
+    monkeypatch.setattr(fusion.runtime, "prefect_template_path", lambda: target)
+    monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", "postgresql+asyncpg://nobody@127.0.0.1:9/none")
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    assert make_prefect_template() == target
+    assert os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] == "postgresql+asyncpg://nobody@127.0.0.1:9/none"
+    assert os.environ["PREFECT_API_URL"] == "http://127.0.0.1:9/api"
+    with sqlite3.connect(target) as db:
+        assert db.execute("select count(*) from alembic_version").fetchone() == (1,)
+        assert db.execute("select count(*) from block_type").fetchone()[0] > 5  # registered, so a seeded home skips it
+    assert not list(target.parent.glob(".*"))  # no partial copy left behind
