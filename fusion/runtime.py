@@ -9,7 +9,7 @@ import os
 import shutil
 import socket
 import sqlite3
-import subprocess
+import subprocess  # nosec B404  # Prefect's server command, argv list, no shell
 import sys
 import tempfile
 import time
@@ -113,7 +113,7 @@ class EmbeddedPrefectApi:
         port = _free_port()
         self._log = home / "embedded-api.log"
         with self._log.open("ab") as log:
-            self.process = subprocess.Popen(
+            self.process = subprocess.Popen(  # nosec B603  # this interpreter, fixed arguments, a free port
                 [
                     sys.executable,
                     "-m",
@@ -147,7 +147,7 @@ class EmbeddedPrefectApi:
                     f" {self._log}, ends:\n{self._log_tail()}"
                 )
             try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:  # nosec B310  # http://127.0.0.1
                     if response.status == 200:
                         break
             except OSError:
