@@ -144,9 +144,9 @@ def run(
     from flows.training_pipeline import run_pipeline  # imports Prefect: after the environment is set
     from fusion.core.errors import RunFailed
 
-    if booting is not None:
-        booting.wait()
     try:
+        if booting is not None:
+            booting.wait()  # a server that cannot start: one line naming its log
         summary = run_pipeline(settings)
     except RunFailed as exc:
         failed = json.loads(exc.summary_json)

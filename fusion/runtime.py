@@ -107,6 +107,9 @@ class EmbeddedPrefectApi:
         home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()
         home.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        # The server's console is its log file: its warnings and errors reach it even where the CLI has
+        # quieted Prefect's console for the run's own process (prepare_environment).
+        env |= {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING", "PREFECT_LOGGING_LEVEL": "WARNING"}
         self.seeded = seed_prefect_database(home)
         if self.seeded:  # the template's block types are registered: the server need not write them again
             env["PREFECT_API_BLOCKS_REGISTER_ON_START"] = "false"
@@ -143,8 +146,8 @@ class EmbeddedPrefectApi:
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(
-                    f"Prefect's embedded API server exited with code {self.process.returncode}; its log,"
-                    f" {self._log}, ends:\n{self._log_tail()}"
+                    f"Prefect's embedded API server exited with code {self.process.returncode} while starting;"
+                    f" its log is {self._log}\nthe log's last lines:\n{self._log_tail()}"
                 )
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:  # nosec B310  # http://127.0.0.1
@@ -156,7 +159,8 @@ class EmbeddedPrefectApi:
                 self.stop()
                 raise RuntimeError(
                     f"Prefect's embedded API server did not answer {self.url}/health within {limit:.0f} s"
-                    f" (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); its log ends:\n{self._log_tail()}"
+                    f" (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); its log is {self._log}"
+                    f"\nthe log's last lines:\n{self._log_tail()}"
                 )
             time.sleep(0.1)
         return self.url

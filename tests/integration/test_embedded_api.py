@@ -74,10 +74,14 @@ def test_a_home_with_a_database_or_a_database_url_is_not_seeded(
 
 def test_a_server_that_cannot_start_is_an_error_with_its_log(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     _no_api(monkeypatch, tmp_path)
+    # as `fusion run` without --verbose leaves this process: Prefect's console quiet
+    monkeypatch.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     (tmp_path / "prefect.db").write_bytes(b"not a database" * 100)
     api = EmbeddedPrefectApi()
     api.start()
-    with pytest.raises(RuntimeError, match=r"embedded API server exited with code \d+; its log") as caught:
+    with pytest.raises(
+        RuntimeError, match=r"embedded API server exited with code \d+ while starting; its log is "
+    ) as caught:
         api.wait(timeout=120)
     assert str(tmp_path / "embedded-api.log") in str(caught.value)
     assert "not a database" in str(caught.value) or "DatabaseError" in str(caught.value)
