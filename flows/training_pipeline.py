@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import dask.config
 from prefect import flow
 from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
@@ -51,17 +52,22 @@ def dask_runner(address: str | None, local: DaskConfig) -> DaskTaskRunner:
         raise ConfigError("pipeline.dask.cluster is address but dask_address (FUSION_DASK_ADDRESS) is not set")
     if address:
         return DaskTaskRunner(address=address)
-    return DaskTaskRunner(
-        cluster_class="distributed.LocalCluster",
-        cluster_kwargs={
-            "n_workers": local.n_workers,
-            "threads_per_worker": local.threads_per_worker,
-            "processes": local.processes,
-            "dashboard_address": ":0",  # None still binds 8787
-            # GPU=<CUDA devices seen here>: torch training asks for GPU=1 (tasks/families.py)
-            **({"resources": resources} if (resources := worker_resources()) else {}),
-        },
-    )
+    cluster_kwargs: dict[str, Any] = {
+        "n_workers": local.n_workers,
+        "threads_per_worker": local.threads_per_worker,
+        "processes": local.processes,
+        "dashboard_address": ":0",  # None still binds 8787
+        # GPU=<CUDA devices seen here>: torch training asks for GPU=1 (tasks/families.py)
+        **({"resources": resources} if (resources := worker_resources()) else {}),
+    }
+    if local.processes:
+        # Worker processes import the stages' code as they start, side by side, rather than each on its
+        # first task (one after another: the second worker's first task is a later stage's)
+        cluster_kwargs["preload"] = [*dask.config.get("distributed.worker.preload", []), STAGE_CODE]
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster_kwargs)
+
+
+STAGE_CODE = "tasks.pipeline_tasks"
 
 
 @flow(

@@ -27,3 +27,20 @@ def test_a_bad_value_in_the_environment_names_the_setting(monkeypatch: pytest.Mo
     monkeypatch.setenv("FUSION_PIPELINE__DASK__N_WORKERS", "0")
     with pytest.raises(ValueError, match="n_workers"):
         deployment_task_runner()
+
+
+def test_local_worker_processes_import_the_stage_code_as_they_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each worker process preloads the stages' module (keeping a preload configured for Dask, such as
+    Fusion's JSON logs); worker threads share the run's process, which has imported it already."""
+    import dask.config
+
+    from flows.training_pipeline import STAGE_CODE
+
+    monkeypatch.delenv("FUSION_DASK_ADDRESS", raising=False)
+    monkeypatch.setenv("FUSION_PIPELINE__DASK__N_WORKERS", "2")
+    monkeypatch.setenv("FUSION_PIPELINE__DASK__PROCESSES", "true")
+    with dask.config.set({"distributed.worker.preload": ["fusion.core.logs"]}):
+        runner = deployment_task_runner()
+    assert runner.cluster_kwargs["preload"] == ["fusion.core.logs", STAGE_CODE]
+    monkeypatch.setenv("FUSION_PIPELINE__DASK__PROCESSES", "false")
+    assert "preload" not in deployment_task_runner().cluster_kwargs
