@@ -90,11 +90,11 @@ class EmbeddedPrefectApi:
     Prefect sets for an ephemeral server, on loopback, stopped when this process exits. Two things
     differ, both for start-up time:
     - nothing of the server is imported into this process (Prefect's launcher imports the whole server
-      app, ~8 s of this process's CPU, for a server that runs in another process);
+      app, seconds of this process's CPU, for a server that runs in another process);
     - a fresh PREFECT_HOME's SQLite database starts as a copy of the installed template
       (`prefect_template_path`, made by `make setup`: `python -m fusion.runtime prefect-template`), so the
-      server skips ~16 s of migrations and block registration. Without a template, or with a database
-      URL of the user's own, Prefect migrates as usual.
+      server skips migrations and block registration. Without a template, or with a database URL of the
+      user's own, Prefect migrates as usual. Figures: docs/BENCHMARKS.md, "Cold start: where the time goes".
     """
 
     def __init__(self) -> None:

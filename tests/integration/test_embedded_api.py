@@ -19,9 +19,12 @@ pytestmark = pytest.mark.integration
 def _no_api(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
     """A fresh PREFECT_HOME and no API URL for this test; monkeypatch restores both (start() exports the URL)."""
     monkeypatch.setenv("PREFECT_HOME", str(home))
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    for key in ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL"):
-        monkeypatch.delenv(key, raising=False)
+    for key in ("PREFECT_API_URL", "PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL"):
+        # set, then removed: monkeypatch records (and restores) a variable only when it changes one that
+        # exists, and start() exports PREFECT_API_URL, which must not outlive the test (a notebook test's
+        # kernel inherited a stopped server's URL)
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
 
 
 def test_a_fresh_home_starts_from_the_template_and_serves_the_api(
