@@ -209,8 +209,10 @@ def seed_prefect_database(home: Path) -> bool:
     if any(os.environ.get(f"PREFECT_{k}_DATABASE_CONNECTION_URL") for k in ("API", "SERVER")):
         return False
     database = home / "prefect.db"
+    if database.exists():  # before the template's path, which reads every installed distribution's metadata
+        return False
     template = prefect_template_path()
-    if database.exists() or not template.is_file():
+    if not template.is_file():
         return False
     home.mkdir(parents=True, exist_ok=True)
     partial = database.with_name(f".prefect.db.{os.getpid()}")

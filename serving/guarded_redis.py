@@ -36,6 +36,11 @@ class GuardedRedis:
     def mget(self, keys: Sequence[str]) -> list[str | None] | None:
         return self._call(lambda: self.client.mget(keys)) if keys else []
 
+    def exists(self, key: str) -> bool | None:
+        """None when Redis was skipped or failed: unknown, not absent."""
+        found = self._call(lambda: self.client.exists(key))
+        return None if found is None else bool(found)
+
     def get(self, key: str) -> str | None:
         return self._call(lambda: self.client.get(key))  # type: ignore[no-any-return]
 

@@ -163,14 +163,13 @@ class ModelCore:
 
     def _warm_online(self, dataset: DatasetConfig) -> None:
         """Load the lake snapshot of the online state into Redis when Redis lacks it (a run without
-        Redis, or Redis restarted: infra/local's keeps nothing). Checked at every load and poll."""
+        Redis, or Redis restarted: infra/local's keeps nothing). Checked at every load and poll, through
+        the breaker: once its cooldown has passed, this check is its trial call, so a replica that gets no
+        requests still finds Redis back and closes its circuit."""
         if self.redis is None:
             return
         ns = namespace(dataset.name, dataset.features.version)
-        try:
-            if self.redis.client.exists(f"{ns}:current"):
-                return
-        except Exception:  # Redis down: the next poll looks again
+        if self.redis.exists(f"{ns}:current") is not False:  # present, or Redis down: the next poll looks again
             return
         snapshot = read_snapshot(Lake(self.args.lake_uri), dataset.name, dataset.features.version)
         if snapshot is None:

@@ -96,12 +96,13 @@ def test_redis_killed_mid_load_costs_no_request_and_the_cache_comes_back(served:
         down_at = len(statuses)
         time.sleep(3.0)
         during = len(statuses) - down_at
-        services("up", "redis", timeout=120)
-        time.sleep(1.0)
     finally:
         stop.set()
         for w in workers:
             w.join()
+    # every replica's circuit opened, and no request reaches them until it has closed again (below)
+    assert metric(served, "fusion_serving_breaker_open") == served.settings.serving.replicas
+    services("up", "redis", timeout=120)
     # Redis from infra/local keeps nothing across a restart: the replicas load the online state
     # from the lake snapshot again at their next alias poll (poll_s 0.5 here).
     import redis
@@ -116,6 +117,12 @@ def test_redis_killed_mid_load_costs_no_request_and_the_cache_comes_back(served:
     assert statuses and set(statuses) == {200}, sorted(set(statuses))
     assert during > 10  # requests kept being answered while Redis was down
     assert metric(served, "fusion_serving_redis_failures") > failures_before
+    # with no requests at all, every replica's circuit closes again: its alias poll is the breaker's trial call
+    # (without it, an idle replica's circuit stayed half open, and its gauge at 1, until its next request)
+    deadline = time.monotonic() + served.settings.serving.breaker_cooldown_s + 10
+    while metric(served, "fusion_serving_breaker_open") > 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert metric(served, "fusion_serving_breaker_open") == 0
     # once the breaker's cooldown has passed, a repeated row is a cache hit again
     time.sleep(served.settings.serving.breaker_cooldown_s + 0.5)
     body = {"dataframe_split": {"columns": columns, "data": [[*rows[0][:-1], 12345.0]]}}
