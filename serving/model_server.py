@@ -207,6 +207,31 @@ class ModelCore:
         prepared = await near(frame.height, self._prepare_frame, model, frame)
         return await self._finish(model, "features", *prepared)
 
+    async def predict_columns(
+        self, model: LoadedModel, columns: dict[str, list[Any]], typed: Callable[[], pl.DataFrame]
+    ) -> dict[str, Any]:
+        """Model-input rows as the client sent them (column -> JSON values, equal lengths): looked up in the
+        cache by those values first, so a request whose rows are all cached is answered without typing
+        them. Otherwise `typed()` types the whole request (its errors number rows as the client did) and
+        the rows not cached go to the model. The same row spelled otherwise ("1.5" for 1.5) is an entry of
+        its own with the same prediction: a key never stands for two different typed rows."""
+        rows = len(next(iter(columns.values()), []))
+        prepared = await near(rows, self._prepare_columns, model, columns, rows, typed)
+        return await self._finish(model, "features", *prepared)
+
+    def _prepare_columns(
+        self, model: LoadedModel, columns: dict[str, list[Any]], rows: int, typed: Callable[[], pl.DataFrame]
+    ) -> tuple[list[str], list[float | None], pl.DataFrame | None]:
+        sent = [{name: values[i] for name, values in columns.items()} for i in range(rows)]
+        keys = self.cache.keys(model.version.content_id, "json", sent)
+        with self.step("cache lookup", rows=len(keys)):
+            cached = self.cache.get(keys)
+        missing = [i for i, v in enumerate(cached) if v is None]
+        if not missing:
+            return keys, cached, None
+        frame = typed()
+        return keys, cached, frame if len(missing) == frame.height else frame[missing]
+
     def _prepare_records(
         self, model: LoadedModel, online: OnlineFeatures, records: list[dict[str, Any]]
     ) -> tuple[list[str], list[float | None], pl.DataFrame | None]:

@@ -41,18 +41,27 @@ class OipRequest(BaseModel):
     outputs: list[dict[str, Any]] | None = None
 
 
-def typed_inputs(
-    model: LoadedModel, columns: dict[str, list[Any]], where: Callable[[str], str], row_field: str | None = None
-) -> pl.DataFrame:
-    """Model-input columns -> the typed frame; an unknown column or a value of the wrong type is BadInput
-    naming it (`row_field` formats a row and a column, for row-oriented bodies)."""
+def column_field(column: str) -> str:
+    return f"column {column!r}"
+
+
+def checked_inputs(model: LoadedModel, columns: dict[str, list[Any]], where: Callable[[str], str]) -> int:
+    """The request's shape before any typing: every column a model input, all of one length (the rows)."""
     unknown = [c for c in columns if c not in model.input_types]
     if unknown:
         raise BadInput(f"{where(unknown[0])}: not a model input (inputs: {', '.join(model.input_types)})")
     lengths = {len(v) for v in columns.values()}
     if len(lengths) > 1:
         raise BadInput(f"inputs have different numbers of rows: {sorted(lengths)}")
-    rows = lengths.pop() if lengths else 0
+    return lengths.pop() if lengths else 0
+
+
+def typed_inputs(
+    model: LoadedModel, columns: dict[str, list[Any]], where: Callable[[str], str], row_field: str | None = None
+) -> pl.DataFrame:
+    """Model-input columns -> the typed frame; an unknown column or a value of the wrong type is BadInput
+    naming it (`row_field` formats a row and a column, for row-oriented bodies)."""
+    rows = checked_inputs(model, columns, where)
     try:
         return model.inputs_frame(columns, rows)
     except TypeMismatch as exc:

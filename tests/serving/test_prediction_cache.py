@@ -117,3 +117,55 @@ def test_two_registries_on_one_redis_each_answer_their_own_version_1(tmp_path: P
         assert first["predictions"] == pytest.approx([probability] * rows.height)  # its own model, not the other's
         assert first["cache_hits"] == 0
         assert again["predictions"] == first["predictions"] and again["cache_hits"] == rows.height  # the cache works
+
+
+def test_rows_all_cached_are_answered_without_typing_and_a_bad_row_keeps_its_number(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """/invocations' path (`predict_columns`): the cache is keyed on the values as sent, so a request whose
+    rows are all cached is not typed; one uncached row types the whole request, whose errors number rows
+    as the client sent them; the same value spelled otherwise is an entry of its own."""
+    from serving.protocols import BadInput, column_field, typed_inputs
+
+    home = tmp_path / "registry"
+    home.mkdir()
+    uri = register_v1(home, 0.25)
+    typings: list[int] = []
+
+    async def scenario() -> dict[str, Any]:
+        core = core_for(uri, home, redis_url)
+        await core.start()
+        try:
+            model = core.require_model()
+
+            def ask(columns: dict[str, list[Any]]) -> Any:
+                def typed() -> pl.DataFrame:
+                    typings.append(len(next(iter(columns.values()))))
+                    return typed_inputs(model, columns, column_field, "dataframe_split.data.{row}.{column}")
+
+                return core.predict_columns(model, columns, typed)
+
+            sent = {"distance": [100.0, 2500.0, None], "carrier": ["UA", "B6", None]}
+            out = {"first": await ask(sent), "again": await ask(sent)}
+            try:
+                await ask({"distance": [100.0, "far"], "carrier": ["UA", "B6"]})  # row 0 cached, row 1 bad
+            except BadInput as exc:
+                out["bad"] = str(exc)
+            out["spelled"] = await ask({"distance": [100], "carrier": ["UA"]})  # 100, not 100.0
+            return out
+        finally:
+            await core.stop()
+
+    cache = redis.Redis.from_url(redis_url)
+    try:
+        out = asyncio.run(scenario())
+    finally:
+        for key in cache.scan_iter(f"fusion:pred:{NAME}:*"):
+            cache.delete(key)
+        cache.close()
+    assert out["first"]["cache_hits"] == 0 and out["first"]["predictions"] == pytest.approx([0.25] * 3)
+    assert out["again"]["cache_hits"] == 3 and out["again"]["predictions"] == out["first"]["predictions"]
+    assert out["bad"].startswith("dataframe_split.data.1.distance")
+    assert out["spelled"]["cache_hits"] == 0 and out["spelled"]["predictions"] == pytest.approx([0.25])
+    # typed: the first request, the one with a bad row, and the respelled one; never the cached one
+    assert typings == [3, 2, 1]
