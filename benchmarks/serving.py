@@ -8,8 +8,10 @@ One run: a pipeline run into a temporary FUSION_HOME registers the flights champ
 config) and materializes its online features into Redis from infra/local; the floor and the peers are
 started on loopback against that one registry, then Fusion with each ingress in turn (one Ray cluster
 up at a time); each server is driven alone by closed-loop aiohttp clients in this process (1, 8, 32,
-64 at once), one row per request, for a fixed time after a warm-up. Rows are the run's own feature
-rows in MLflow's `dataframe_split` format; every (ingress, concurrency) takes a fresh slice, so
+64 at once), one row per request, for a fixed time after a warm-up; the `direct` ingress's cells, on
+which the targets are read, `--rounds` times (client counts up, then down), their mean reported.
+Rows are the run's own feature rows in MLflow's `dataframe_split` format; every (ingress, concurrency,
+round) takes a fresh slice, so
 Fusion's cache-miss rows are never in the cache (the hits counted during those cells are reported).
 Cache hit: 64 rows sent once beforehand, then cycled; the mix sends one of them 9 times in 10.
 Fusion's `/v1/predict` (raw records: online features + model) is measured too, on raw flights rows.
@@ -236,8 +238,12 @@ def fusion_cells(
     records: list[dict[str, Any]],
     seconds: float,
     warmup_s: float,
+    rounds: int,
+    max_rounds: int,
 ) -> list[dict[str, Any]]:
-    """Every cell of one Fusion server (its `number` among the ingresses picks fresh row slices)."""
+    """Every cell of one Fusion server (its `number` among the ingresses picks fresh row slices), measured
+    `rounds` times: client counts up, then down, and so on (drift falls on every count alike); each cell
+    reports the rounds' mean (`merge_rounds`)."""
     hot = data[-HOT_ROWS:]
     for row in hot:  # the cache-hit rows, cached once
         httpx.post(
@@ -246,10 +252,16 @@ def fusion_cells(
             timeout=30,
             headers={"Content-Type": "application/json"},
         ).raise_for_status()
-    slice_len = (len(data) - HOT_ROWS) // (len(CLIENTS) * len(INGRESSES))
+    slice_len = (len(data) - HOT_ROWS) // (len(CLIENTS) * len(INGRESSES) * max_rounds)
     cells: list[dict[str, Any]] = []
-    for level, clients in enumerate(CLIENTS):
-        offset = (number * len(CLIENTS) + level) * slice_len
+    levels = [
+        (r, level)
+        for r in range(rounds)
+        for level in (range(len(CLIENTS)) if r % 2 == 0 else reversed(range(len(CLIENTS))))
+    ]
+    for round_, level in levels:
+        clients = CLIENTS[level]
+        offset = ((number * max_rounds + round_) * len(CLIENTS) + level) * slice_len
 
         def fresh(i: int, offset: int = offset) -> bytes:
             return split_body(columns, data[offset + i % slice_len])
@@ -281,12 +293,33 @@ def fusion_cells(
             after = counters(url)
             cell["cache_hits"] = after["hits"] - before["hits"]
             cell["cache_misses"] = after["misses"] - before["misses"]
-            cells.append({"system": system, "clients": clients, **cell})
+            cells.append({"system": system, "clients": clients, "round": round_, **cell})
             print(json.dumps(cells[-1]), file=sys.stderr, flush=True)
-    return cells
+    return merge_rounds(cells)
 
 
-def measure(home: Path, seconds: float, warmup_s: float, mlflow_workers: list[int], replicas: int) -> dict[str, Any]:
+def merge_rounds(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One cell per (system, clients): rates, latencies and CPU are the rounds' means, counts their sums."""
+    merged: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for c in cells:
+        merged.setdefault((c["system"], c["clients"]), []).append(c)
+    out = []
+    for (system, clients), group in merged.items():  # the first round's order
+        cell: dict[str, Any] = {"system": system, "clients": clients, "rounds": len(group)}
+        for key in ("rps", "p50_ms", "p99_ms", "mean_ms"):
+            cell[key] = float(np.mean([c[key] for c in group]))
+        for key in ("requests", "rejected_503", "errors", "cache_hits", "cache_misses"):
+            cell[key] = sum(c[key] for c in group)
+        cell["first_error"] = next((c["first_error"] for c in group if c["first_error"]), None)
+        parts = {k for c in group for k in c["cpu_ms"]}
+        cell["cpu_ms"] = {k: float(np.mean([c["cpu_ms"].get(k, 0.0) for c in group])) for k in sorted(parts)}
+        out.append(cell)
+    return out
+
+
+def measure(
+    home: Path, seconds: float, warmup_s: float, mlflow_workers: list[int], replicas: int, rounds: int
+) -> dict[str, Any]:
     uri = f"sqlite:///{home / 'mlflow.db'}"
     env = {**os.environ, "FUSION_HOME": str(home), "FUSION_REDIS_URL": REDIS_URL, "PYTHONUNBUFFERED": "1"}
     env["PATH"] = f"{BIN}:{env.get('PATH', '')}"  # `mlflow models serve` execs `uvicorn` from PATH
@@ -325,7 +358,10 @@ def measure(home: Path, seconds: float, warmup_s: float, mlflow_workers: list[in
                     columns, data = rows.columns, rows.rows()
                     openapi = httpx.get(f"{urls['fusion']}/openapi.json", timeout=30).json()
                     records = raw_records(home, list(openapi["components"]["schemas"]["Record"]["properties"]))
-                cells += fusion_cells(urls["fusion"], ingress, number, columns, data, records, seconds, warmup_s)
+                repeat = rounds if ingress == INGRESSES[0] else 1  # the targets are read on the first ingress
+                cells += fusion_cells(
+                    urls["fusion"], ingress, number, columns, data, records, seconds, warmup_s, repeat, rounds
+                )
             finally:
                 fusion_server.stop()
 
@@ -369,6 +405,8 @@ def report(results: dict[str, Any]) -> str:
         "Serve's Python proxy), one Ray cluster up at a time; "
         "`mlflow models serve --env-manager local` with 1 and 2 uvicorn workers. "
         f"One row per request, {results['seconds']:.0f} s per cell after {results['warmup_s']:.0f} s of warm-up, "
+        f"`{INGRESSES[0]}` cells measured {results['rounds']} times on one server (client counts up, then down: "
+        "drift falls on every count alike), the rounds' mean reported; "
         "closed-loop aiohttp clients on the same 2 cores as the servers; each server driven alone. "
         "req/s counts answered (200) requests; 503s are counted apart.",
         "",
@@ -564,7 +602,13 @@ def main() -> None:
     parser.add_argument("--home", type=Path, help="reuse a FUSION_HOME with a champion (skips the pipeline run)")
     parser.add_argument("--write", type=Path, help="update this BENCHMARKS.md")
     parser.add_argument("--logs", action="store_true", help="the cost of JSON logs and of the access log instead")
-    parser.add_argument("--rounds", type=int, default=2, help="with --logs: times each setup is measured")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="times each `direct` ingress cell is measured (client counts up, then down; means reported); "
+        "with --logs: times each setup is measured",
+    )
     args = parser.parse_args()
     status = subprocess.run([str(SERVICES), "status", "redis"], capture_output=True, text=True, check=True)
     started_redis = "redis: running" not in status.stderr
@@ -578,7 +622,7 @@ def main() -> None:
         if args.logs:
             results = measure_logs(home, args.seconds, args.warmup, args.replicas, args.rounds)
         else:
-            results = measure(home, args.seconds, args.warmup, args.mlflow_workers, args.replicas)
+            results = measure(home, args.seconds, args.warmup, args.mlflow_workers, args.replicas, args.rounds)
     finally:
         if started_redis:
             subprocess.run([str(SERVICES), "down", "redis"], check=False)
