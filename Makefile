@@ -145,7 +145,7 @@ bench-serving: setup ## Fusion (cache miss/hit/90% hits, direct and proxy ingres
 	$(PY) -m benchmarks.serving --write docs/BENCHMARKS.md
 
 bench-serving-logs: setup ## serving's req/s and CPU with text vs JSON logs and the access log off vs on -> docs/BENCHMARKS.md
-	$(PY) -m benchmarks.serving --logs --write docs/BENCHMARKS.md
+	$(PY) -m benchmarks.serving --logs --rounds 2 --write docs/BENCHMARKS.md
 
 mlflow-ui: setup ## MLflow UI on http://127.0.0.1:5000 over $FUSION_HOME/mlflow.db
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(FUSION_HOME))/mlflow.db --host 127.0.0.1 --port 5000

@@ -9,7 +9,7 @@ config) and materializes its online features into Redis from infra/local; the fl
 started on loopback against that one registry, then Fusion with each ingress in turn (one Ray cluster
 up at a time); each server is driven alone by closed-loop aiohttp clients in this process (1, 8, 32,
 64 at once), one row per request, for a fixed time after a warm-up; the `direct` ingress's cells, on
-which the targets are read, `--rounds` times (client counts up, then down), their mean reported.
+which the targets are read, `--rounds` times (client counts up, then down), their median reported.
 Rows are the run's own feature rows in MLflow's `dataframe_split` format; every (ingress, concurrency,
 round) takes a fresh slice, so
 Fusion's cache-miss rows are never in the cache (the hits counted during those cells are reported).
@@ -243,7 +243,7 @@ def fusion_cells(
 ) -> list[dict[str, Any]]:
     """Every cell of one Fusion server (its `number` among the ingresses picks fresh row slices), measured
     `rounds` times: client counts up, then down, and so on (drift falls on every count alike); each cell
-    reports the rounds' mean (`merge_rounds`)."""
+    reports the rounds' median (`merge_rounds`)."""
     hot = data[-HOT_ROWS:]
     for row in hot:  # the cache-hit rows, cached once
         httpx.post(
@@ -269,8 +269,9 @@ def fusion_cells(
         def cached(i: int) -> bytes:
             return split_body(columns, hot[i % HOT_ROWS])
 
-        def mixed(i: int, offset: int = offset) -> bytes:
-            return split_body(columns, data[offset + i % slice_len] if i % 10 == 0 else hot[i % HOT_ROWS])
+        def mixed(i: int, offset: int = offset) -> bytes:  # fresh rows from the slice's end: not the miss cell's
+            fresh = data[offset + slice_len - 1 - i % slice_len]
+            return split_body(columns, fresh if i % 10 == 0 else hot[i % HOT_ROWS])
 
         def record(i: int, offset: int = offset) -> bytes:
             return json.dumps({"records": [records[(offset + i) % len(records)]]}).encode()
@@ -299,7 +300,8 @@ def fusion_cells(
 
 
 def merge_rounds(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One cell per (system, clients): rates, latencies and CPU are the rounds' means, counts their sums."""
+    """One cell per (system, clients): rates, latencies and CPU are the rounds' medians (a slow minute of
+    this VM moves one round, not the figure), counts their sums."""
     merged: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for c in cells:
         merged.setdefault((c["system"], c["clients"]), []).append(c)
@@ -307,12 +309,12 @@ def merge_rounds(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (system, clients), group in merged.items():  # the first round's order
         cell: dict[str, Any] = {"system": system, "clients": clients, "rounds": len(group)}
         for key in ("rps", "p50_ms", "p99_ms", "mean_ms"):
-            cell[key] = float(np.mean([c[key] for c in group]))
+            cell[key] = float(np.median([c[key] for c in group]))
         for key in ("requests", "rejected_503", "errors", "cache_hits", "cache_misses"):
             cell[key] = sum(c[key] for c in group)
         cell["first_error"] = next((c["first_error"] for c in group if c["first_error"]), None)
         parts = {k for c in group for k in c["cpu_ms"]}
-        cell["cpu_ms"] = {k: float(np.mean([c["cpu_ms"].get(k, 0.0) for c in group])) for k in sorted(parts)}
+        cell["cpu_ms"] = {k: float(np.median([c["cpu_ms"].get(k, 0.0) for c in group])) for k in sorted(parts)}
         out.append(cell)
     return out
 
@@ -406,7 +408,7 @@ def report(results: dict[str, Any]) -> str:
         "`mlflow models serve --env-manager local` with 1 and 2 uvicorn workers. "
         f"One row per request, {results['seconds']:.0f} s per cell after {results['warmup_s']:.0f} s of warm-up, "
         f"`{INGRESSES[0]}` cells measured {results['rounds']} times on one server (client counts up, then down: "
-        "drift falls on every count alike), the rounds' mean reported; "
+        "drift falls on every count alike), the rounds' median reported; "
         "closed-loop aiohttp clients on the same 2 cores as the servers; each server driven alone. "
         "req/s counts answered (200) requests; 503s are counted apart.",
         "",
@@ -605,8 +607,8 @@ def main() -> None:
     parser.add_argument(
         "--rounds",
         type=int,
-        default=2,
-        help="times each `direct` ingress cell is measured (client counts up, then down; means reported); "
+        default=3,
+        help="times each `direct` ingress cell is measured (client counts up, then down; medians reported); "
         "with --logs: times each setup is measured",
     )
     args = parser.parse_args()

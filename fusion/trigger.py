@@ -235,6 +235,7 @@ class Trigger:
             # kafka-python waits up to 500 ms for a fetch to fill by default: most of a request's latency.
             fetch_max_wait_ms=fetch_max_wait_ms,
             max_poll_records=50,
+            metadata_max_age_ms=30_000,  # a partition added later is consumed within 30 s, not kafka-python's 5 min
         )
         self.producer = durable_producer(bootstrap_servers, "fusion-trigger-deadletter", events)
 

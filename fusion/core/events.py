@@ -13,6 +13,7 @@ import fcntl
 import re
 import secrets
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,7 +140,9 @@ def all_topics(config: EventsConfig) -> list[str]:
 
 
 def ensure_topics(bootstrap_servers: str, topics: list[str], config: EventsConfig) -> None:
-    """Create the topics that do not exist yet (the broker does not auto-create them)."""
+    """Create the topics that do not exist yet (the broker does not auto-create them), and return once every
+    partition of each has a leader in the broker's metadata: a consumer that subscribes before then is given
+    no partitions and waits for its next metadata refresh (kafka-python's: 5 minutes)."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -161,8 +164,27 @@ def ensure_topics(bootstrap_servers: str, topics: list[str], config: EventsConfi
                 admin.create_topics(
                     [NewTopic(t, config.partitions, config.replication_factor) for t in missing], timeout_ms=10_000
                 )
+        deadline = time.monotonic() + config.timeout_s
+        while (waiting := leaderless(admin.describe_topics(topics))) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if waiting:
+            raise ConnectionError(
+                f"Kafka at {bootstrap_servers}: no leader for {', '.join(waiting)} after {config.timeout_s} s"
+            )
     finally:
         admin.close()
+
+
+def leaderless(described: list[dict[str, Any]]) -> list[str]:
+    """The topics of a metadata answer (kafka-python's `describe_topics`) not served yet: unknown to the broker
+    or without a leader (error codes 3 and 5), or a partition without a leader. Other errors (not authorized
+    to describe, say) are not waited for: the client that uses the topic reports them."""
+    return sorted(
+        t["name"]
+        for t in described
+        if t["error_code"] in (3, 5)
+        or (t["error_code"] == 0 and (not t["partitions"] or any(p["leader_id"] < 0 for p in t["partitions"])))
+    )
 
 
 _BUSES: dict[tuple[str, str | None, str], EventBus] = {}

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from fusion.core.events import CloudEvent, JsonlEventBus, child_traceparent, new_traceparent
+from fusion.core.events import CloudEvent, JsonlEventBus, child_traceparent, leaderless, new_traceparent
 
 
 def test_cloudevent_is_structured_json_with_required_attributes() -> None:
@@ -40,3 +40,21 @@ def test_jsonl_bus_appends_in_order(tmp_path: Path) -> None:
         bus.publish(event)
     assert [e.id for e in bus.read()] == [e.id for e in sent]
     assert [e.data["i"] for e in bus.read()] == list(range(5))
+
+
+def test_topics_are_waited_for_until_each_partition_has_a_leader() -> None:
+    """What `ensure_topics` waits for, on metadata answers shaped as kafka-python's `describe_topics` gives them."""
+
+    def topic(name: str, error: int = 0, leaders: tuple[int, ...] = (1,)) -> dict[str, object]:
+        return {"name": name, "error_code": error, "partitions": [{"leader_id": leader} for leader in leaders]}
+
+    described = [
+        topic("served", leaders=(1, 2)),
+        topic("unknown", error=3, leaders=()),
+        topic("electing", error=5, leaders=()),
+        topic("one-partition-leaderless", leaders=(1, -1)),
+        topic("no-partitions-yet", leaders=()),
+        topic("not-authorized", error=29, leaders=()),  # reported by the client that uses it, not waited for
+    ]
+    assert leaderless(described) == ["electing", "no-partitions-yet", "one-partition-leaderless", "unknown"]
+    assert leaderless([topic("served")]) == []
