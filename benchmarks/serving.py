@@ -408,7 +408,8 @@ def report(results: dict[str, Any]) -> str:
         "`mlflow models serve --env-manager local` with 1 and 2 uvicorn workers. "
         f"One row per request, {results['seconds']:.0f} s per cell after {results['warmup_s']:.0f} s of warm-up, "
         f"`{INGRESSES[0]}` cells measured {results['rounds']} times on one server (client counts up, then down: "
-        "drift falls on every count alike), the rounds' median reported; "
+        "drift falls on every count alike), the rounds' median reported (503s and cache hits / misses: summed "
+        "over the rounds); "
         "closed-loop aiohttp clients on the same 2 cores as the servers; each server driven alone. "
         "req/s counts answered (200) requests; 503s are counted apart.",
         "",
