@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from tests.conftest import FLIGHTS_CONFIG
 
 pytestmark = pytest.mark.services
 NAME = "cache_probe"
+T = TypeVar("T")
 
 
 class Constant:
@@ -79,6 +81,17 @@ def core_for(tracking_uri: str, home: Path, redis_url: str) -> Any:
     )
 
 
+def run_and_clean(scenario: Coroutine[Any, Any, T], redis_url: str) -> T:
+    """Run the scenario, then delete the prediction cache entries it wrote, whatever happened."""
+    try:
+        return asyncio.run(scenario)
+    finally:
+        cache = redis.Redis.from_url(redis_url)
+        for key in cache.scan_iter(f"fusion:pred:{NAME}:*"):
+            cache.delete(key)
+        cache.close()
+
+
 def test_two_registries_on_one_redis_each_answer_their_own_version_1(tmp_path: Path, redis_url: str) -> None:
     homes = {p: tmp_path / f"registry-{p}" for p in (0.1, 0.9)}
     uris = {}
@@ -86,7 +99,6 @@ def test_two_registries_on_one_redis_each_answer_their_own_version_1(tmp_path: P
         home.mkdir()
         uris[probability] = register_v1(home, probability)
     rows = pl.DataFrame({"distance": [100.0, 2500.0, 733.0], "carrier": ["UA", "B6", None]})
-    cache = redis.Redis.from_url(redis_url)
 
     async def scenario() -> dict[float, list[Any]]:
         answers: dict[float, list[Any]] = {}
@@ -106,12 +118,7 @@ def test_two_registries_on_one_redis_each_answer_their_own_version_1(tmp_path: P
                 await core.stop()
         return answers
 
-    try:
-        answers = asyncio.run(scenario())
-    finally:
-        for key in cache.scan_iter(f"fusion:pred:{NAME}:*"):
-            cache.delete(key)
-        cache.close()
+    answers = run_and_clean(scenario(), redis_url)
     for probability, (first, again) in answers.items():
         assert first["version"] == "1"
         assert first["predictions"] == pytest.approx([probability] * rows.height)  # its own model, not the other's
@@ -156,13 +163,7 @@ def test_rows_all_cached_are_answered_without_typing_and_a_bad_row_keeps_its_num
         finally:
             await core.stop()
 
-    cache = redis.Redis.from_url(redis_url)
-    try:
-        out = asyncio.run(scenario())
-    finally:
-        for key in cache.scan_iter(f"fusion:pred:{NAME}:*"):
-            cache.delete(key)
-        cache.close()
+    out = run_and_clean(scenario(), redis_url)
     assert out["first"]["cache_hits"] == 0 and out["first"]["predictions"] == pytest.approx([0.25] * 3)
     assert out["again"]["cache_hits"] == 3 and out["again"]["predictions"] == out["first"]["predictions"]
     assert out["bad"].startswith("dataframe_split.data.1.distance")
