@@ -67,7 +67,7 @@ def dask_runner(address: str | None, local: DaskConfig) -> DaskTaskRunner:
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster_kwargs)
 
 
-STAGE_CODE = "tasks.pipeline_tasks"
+STAGE_CODE = stages.__name__  # the module the flow's stages come from
 
 
 @flow(

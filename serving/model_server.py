@@ -223,14 +223,20 @@ class ModelCore:
         self, model: LoadedModel, columns: dict[str, list[Any]], rows: int, typed: Callable[[], pl.DataFrame]
     ) -> tuple[list[str], list[float | None], pl.DataFrame | None]:
         sent = [{name: values[i] for name, values in columns.items()} for i in range(rows)]
-        keys = self.cache.keys(model.version.content_id, "json", sent)
+        return self._look_up(self.cache.keys(model.version.content_id, "json", sent), typed)
+
+    def _look_up(
+        self, keys: list[str], frame: Callable[[], pl.DataFrame]
+    ) -> tuple[list[str], list[float | None], pl.DataFrame | None]:
+        """The cached predictions of the rows `keys` name, and `frame()`'s rows that are not cached (None
+        when all are: `frame` is not called)."""
         with self.step("cache lookup", rows=len(keys)):
             cached = self.cache.get(keys)
         missing = [i for i, v in enumerate(cached) if v is None]
         if not missing:
             return keys, cached, None
-        frame = typed()
-        return keys, cached, frame if len(missing) == frame.height else frame[missing]
+        rows = frame()
+        return keys, cached, rows if len(missing) == rows.height else rows[missing]
 
     def _prepare_records(
         self, model: LoadedModel, online: OnlineFeatures, records: list[dict[str, Any]]
@@ -255,13 +261,7 @@ class ModelCore:
     def _prepare_frame(
         self, model: LoadedModel, frame: pl.DataFrame
     ) -> tuple[list[str], list[float | None], pl.DataFrame | None]:
-        keys = self.cache.keys(model.version.content_id, "features", frame.to_dicts())
-        with self.step("cache lookup", rows=len(keys)):
-            cached = self.cache.get(keys)
-        missing = [i for i, v in enumerate(cached) if v is None]
-        if not missing:
-            return keys, cached, None
-        return keys, cached, frame if len(missing) == frame.height else frame[missing]
+        return self._look_up(self.cache.keys(model.version.content_id, "features", frame.to_dicts()), lambda: frame)
 
     async def _finish(
         self, model: LoadedModel, kind: str, keys: list[str], cached: list[float | None], frame: pl.DataFrame | None
