@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -274,10 +275,13 @@ def start_ray(config: ServingConfig) -> None:
         )
 
 
-def start_serving(settings: Settings) -> DeploymentHandle:
-    """Ray, Serve's proxy and the app; returns once every replica is up (ready or waiting for a champion)."""
+def start_serving(settings: Settings, after_ray: Callable[[], None] | None = None) -> DeploymentHandle:
+    """Ray, Serve's proxy and the app; returns once every replica is up (ready or waiting for a champion).
+    `after_ray` runs once Ray is up, before the app's start (`fusion serve` installs its signal handlers)."""
     config = settings.serving
     start_ray(config)
+    if after_ray is not None:
+        after_ray()
     serve.start(http_options={"host": config.host, "port": config.port}, logging_config=serve_logging())
     return serve.run(build_app(serving_args(settings)), name=APP_NAME, route_prefix="/")
 
@@ -328,20 +332,30 @@ def serve_forever(settings: Settings) -> None:
         json_everywhere()  # the handler `import ray.serve` installed on Serve's logger
     # the replicas' lines on this process's stderr, beside its own: one stream for a terminal or a pod
     follower, stop_following = follow_in_thread(replica_logs(settings), sys.stderr)
-    start_serving(settings)
-    # after Ray's start: its own SIGTERM handler would print a native stack trace and end the process
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    config = settings.serving
-    line = (
-        f"serving {settings.dataset.model.registered_name}@{config.alias} on http://{config.host}:{config.port}"
-        f" (docs: /docs) after {time.perf_counter() - started:.1f} s; Ctrl-C stops"
-    )
-    if log_format() == "json":
-        log.info(line)
-    else:
-        print(line, flush=True)
+
+    def on_signal(*_: Any) -> None:
+        if stop.is_set():  # a second Ctrl-C or SIGTERM: stop waiting for a start that does not end
+            raise KeyboardInterrupt
+        stop.set()
+
+    def handle_signals() -> None:
+        # After Ray's start, whose own SIGTERM handler would print a native stack trace and end the
+        # process; before the app's start, so that a SIGTERM while replicas start (a pod replaced, the
+        # port already answering) still stops Ray and HAProxy and removes HAProxy's folder.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, on_signal)
+
     try:
+        start_serving(settings, after_ray=handle_signals)
+        config = settings.serving
+        line = (
+            f"serving {settings.dataset.model.registered_name}@{config.alias} on http://{config.host}:{config.port}"
+            f" (docs: /docs) after {time.perf_counter() - started:.1f} s; Ctrl-C stops"
+        )
+        if log_format() == "json":
+            log.info(line)
+        else:
+            print(line, flush=True)
         stop.wait()
     finally:
         stop_serving()
