@@ -3,7 +3,9 @@ embedded API server starts once; each test that runs the pipeline gets its own F
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +21,9 @@ import pytest
 # a worker started later by a fixture must not inherit.
 LAUNCH_ENV = dict(os.environ)
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="fusion-tests-"))
+# Registered before Prefect is imported: exit handlers run last-registered first, so this one runs after
+# Prefect's own has stopped the embedded server that writes in this folder.
+atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)
 # Before anything imports Prefect (flows/ and tasks.pipeline_tasks do at import).
 os.environ.setdefault("PREFECT_HOME", str(_SESSION_HOME / "prefect"))
 for key, value in {

@@ -5,6 +5,7 @@ app in this process on a free port."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -77,3 +78,4 @@ def served(redis_url: str) -> Iterator[Served]:
         yield Served(f"http://127.0.0.1:{port}", redis_url, settings, summary)
     finally:
         stop_serving()
+        shutil.rmtree(home, ignore_errors=True)

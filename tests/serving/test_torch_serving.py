@@ -5,6 +5,7 @@ registered pyfunc predicts (the same checks as the LightGBM champion's, in tests
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -70,6 +71,7 @@ def torch_served() -> Iterator[Served]:
             server.wait(timeout=60)
         except subprocess.TimeoutExpired:
             server.kill()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_the_served_champion_is_the_torch_model(torch_served: Served) -> None:
