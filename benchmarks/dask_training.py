@@ -7,7 +7,8 @@ is built once and written to a lake folder; then, from that URI to a trained mod
 - lightgbm.dask: a LocalCluster of 2 worker processes x 1 thread (started before the clock), the workers
   reading and splitting their own rows (tasks/dask_train.py), early stopping on the whole valid split.
 
-Both score the same test split. Peak RSS is sampled every 0.1 s for this process and each worker.
+Each path runs `--repeats` times, alternating; the fastest run of each is the figure. Both score the same
+test split. Peak RSS is sampled every 0.1 s for this process and each worker (the largest over the runs).
 """
 
 from __future__ import annotations
@@ -82,43 +83,57 @@ def feature_table(size: str, dataset: DatasetConfig, folder: Path) -> FeatureSet
     )
 
 
-def compare(size: str, dataset: DatasetConfig, client: Any, worker_pids: list[int]) -> dict[str, Any]:
+def compare(size: str, dataset: DatasetConfig, client: Any, worker_pids: list[int], repeats: int) -> dict[str, Any]:
+    """Each path `repeats` times, alternating (plain, dask, then dask, plain, ...: this VM's speed moves by up
+    to 2x within minutes, and drift falls on both alike); the fastest run of each is the figure."""
     with tempfile.TemporaryDirectory(prefix="fusion-bench-dask-") as tmp:
         folder = Path(tmp)
         table = feature_table(size, dataset, folder)
         lake = Lake(str(folder))
         result: dict[str, Any] = {"rows": table.rows}
-        with peak_rss([psutil.Process().pid]) as plain_peak:
-            started = time.perf_counter()
-            parts = split_frames(lake.read_parquet(table.path), dataset)
-            args = (parts, table.feature_columns, table.categorical_columns, table.target, dataset.model)
-            plain = train_lightgbm(*args, threads=2)
-            plain_seconds = time.perf_counter() - started
-        test = parts.test
-        del parts
-        with peak_rss([psutil.Process().pid, *worker_pids]) as dask_peak:
-            started = time.perf_counter()
-            dist = train_lightgbm_from_lake(client, lake, table, dataset)
-            dask_seconds = time.perf_counter() - started
+        trained: dict[str, Any] = {}
+        runs: dict[str, list[float]] = {"plain": [], "dask": []}
+        peaks: dict[str, list[int]] = {}
+        test = None
+        for i in range(repeats):
+            for way in ("plain", "dask") if i % 2 == 0 else ("dask", "plain"):
+                pids = [psutil.Process().pid] + (worker_pids if way == "dask" else [])
+                with peak_rss(pids) as peak:
+                    started = time.perf_counter()
+                    if way == "plain":
+                        parts = split_frames(lake.read_parquet(table.path), dataset)
+                        args = (parts, table.feature_columns, table.categorical_columns, table.target, dataset.model)
+                        trained[way] = train_lightgbm(*args, threads=2)
+                    else:
+                        trained[way] = train_lightgbm_from_lake(client, lake, table, dataset)
+                    runs[way].append(time.perf_counter() - started)
+                if way == "plain":
+                    test = parts.test
+                    del parts
+                found = [round(v / 2**20) for v in peak.values()]
+                peaks[way] = [max(a, b) for a, b in zip(peaks.get(way, found), found, strict=True)]
+                client.run(lambda: __import__("gc").collect())
+        assert test is not None
         y = test.get_column(table.target).to_numpy()
-        for name, trained, seconds, peaks in (
-            ("plain", plain, plain_seconds, plain_peak),
-            ("dask", dist, dask_seconds, dask_peak),
-        ):
-            result[name] = {
-                "seconds": seconds,
-                "best_iteration": trained.best_iteration,
-                "valid_auc": trained.valid_auc,
-                "test_auc": float(roc_auc_score(y, trained.model.predict_frame(test))),
-                "peak_rss_mb": [round(v / 2**20) for v in peaks.values()],
-                "engine": trained.engine,
+        config = dataset.model
+        for way, model in trained.items():
+            rounds = min(model.best_iteration + config.early_stopping_rounds, config.num_boost_round)
+            result[way] = {
+                "seconds": min(runs[way]),
+                "runs": runs[way],
+                "rounds_run": rounds,
+                "best_iteration": model.best_iteration,
+                "valid_auc": model.valid_auc,
+                "test_auc": float(roc_auc_score(y, model.model.predict_frame(test))),
+                "peak_rss_mb": peaks[way],
+                "engine": model.engine,
             }
-        result["same_split"] = plain.split == dist.split
-        client.run(lambda: __import__("gc").collect())
+        result["same_split"] = trained["plain"].split == trained["dask"].split
         return result
 
 
 def report(results: list[dict[str, Any]], when: str, where: str) -> str:
+    repeats = len(results[0]["plain"]["runs"]) if results else 0
     lines = [
         "## Distributed training: lightgbm.dask vs one process (`make bench-dask-train`)",
         "",
@@ -127,15 +142,22 @@ def report(results: list[dict[str, Any]], when: str, where: str) -> str:
         "threads. lightgbm.dask: 2 worker processes x 1 thread (cluster started before the clock), each reading",
         "and splitting its own rows, early stopping on the whole valid split (tasks/dask_train.py). Both with",
         "the config's 2000 rounds / stop after 100. Peak RSS: plain = the process; dask = driver, worker 1, worker 2.",
+        f"Each path run {repeats} times, alternating (plain, dask, then dask, plain): the fastest run is the",
+        "figure, every run is listed. Rounds run = best round + the patience; s / round = fastest run / rounds run",
+        "(reading and splitting included): the time ratio is the rounds' ratio times the per-round ratio.",
         "",
-        "| rows | plain (s) | lightgbm.dask (s) | time ratio | best round plain / dask | test AUC plain | test AUC dask"
+        "| rows | plain (s) | lightgbm.dask (s) | time ratio | runs plain / dask (s) | rounds run plain / dask"
+        " | s / round plain / dask | best round plain / dask | test AUC plain | test AUC dask"
         " | AUC difference | peak RSS plain (MB) | peak RSS dask (MB) | same split |",
-        "|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---|",
+        "|---:|---:|---:|---:|---|---|---|---|---:|---:|---:|---:|---|---|",
     ]
     for r in results:
         p, d = r["plain"], r["dask"]
+        runs = " / ".join(", ".join(f"{t:.1f}" for t in x["runs"]) for x in (p, d))
+        per_round = " / ".join(f"{x['seconds'] / x['rounds_run']:.3f}" for x in (p, d))
         lines.append(
             f"| {r['rows']:,} | {p['seconds']:.1f} | {d['seconds']:.1f} | {d['seconds'] / p['seconds']:.2f}x"
+            f" | {runs} | {p['rounds_run']} / {d['rounds_run']} | {per_round}"
             f" | {p['best_iteration']} / {d['best_iteration']} | {p['test_auc']:.4f} | {d['test_auc']:.4f}"
             f" | {d['test_auc'] - p['test_auc']:+.4f} | {p['peak_rss_mb'][0]:,}"
             f" | {' / '.join(f'{m:,}' for m in d['peak_rss_mb'])} | {'yes' if r['same_split'] else 'NO'} |"
@@ -193,6 +215,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="real,1000000,3000000", help="'real' and/or generated row counts")
     parser.add_argument("--write", type=Path, help="update this BENCHMARKS.md")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each path, alternating; the fastest counts")
     parser.add_argument("--per-round", action="store_true", help="seconds per round of each way, on the first size")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -213,7 +236,7 @@ def main() -> None:
             return
         worker_pids = [int(pid) for pid in client.run(lambda: __import__("os").getpid()).values()]
         for size in args.sizes.split(","):
-            results.append(compare(size.strip(), dataset, client, worker_pids))
+            results.append(compare(size.strip(), dataset, client, worker_pids, args.repeats))
             print(results[-1], flush=True)
     section = report(results, dt.date.today().isoformat(), machine())
     print(section)
