@@ -1,10 +1,10 @@
-"""lightgbm.dask on 2 worker processes vs plain LightGBM in one process, on the same flights features.
+"""LightGBM on 2 Dask worker processes (data-parallel) vs plain LightGBM in one process, on the same flights features.
 
 `make bench-dask-train`: for each size (the real 336,776 flights, then generated ones), the feature table
 is built once and written to a lake folder; then, from that URI to a trained model, each path is timed:
 
 - plain: one process reads the table, splits it and trains LightGBM with 2 threads (the single-worker path);
-- lightgbm.dask: a LocalCluster of 2 worker processes x 1 thread (started before the clock), the workers
+- dask: a LocalCluster of 2 worker processes x 1 thread (started before the clock), the workers
   reading and splitting their own rows (tasks/dask_train.py), early stopping on the whole valid split.
 
 Each path runs `--repeats` times, alternating; the fastest run of each is the figure. Both score the same
@@ -135,18 +135,18 @@ def compare(size: str, dataset: DatasetConfig, client: Any, worker_pids: list[in
 def report(results: list[dict[str, Any]], when: str, where: str) -> str:
     repeats = len(results[0]["plain"]["runs"]) if results else 0
     lines = [
-        "## Distributed training: lightgbm.dask vs one process (`make bench-dask-train`)",
+        "## Distributed training: LightGBM on Dask workers vs one process (`make bench-dask-train`)",
         "",
         f"Measured {when} on {where}. Command: `{COMMAND}`. Flights features ({CONFIG}, time split), from the",
         "feature table's URI to a trained model. plain: one process reads, splits and trains LightGBM with 2",
-        "threads. lightgbm.dask: 2 worker processes x 1 thread (cluster started before the clock), each reading",
+        "threads. dask: 2 worker processes x 1 thread (cluster started before the clock), each reading",
         "and splitting its own rows, early stopping on the whole valid split (tasks/dask_train.py). Both with",
         "the config's 2000 rounds / stop after 100. Peak RSS: plain = the process; dask = driver, worker 1, worker 2.",
         f"Each path run {repeats} times, alternating (plain, dask, then dask, plain): the fastest run is the",
         "figure, every run is listed. Rounds run = best round + the patience; s / round = fastest run / rounds run",
         "(reading and splitting included): the time ratio is the rounds' ratio times the per-round ratio.",
         "",
-        "| rows | plain (s) | lightgbm.dask (s) | time ratio | runs plain / dask (s) | rounds run plain / dask"
+        "| rows | plain (s) | dask (s) | time ratio | runs plain / dask (s) | rounds run plain / dask"
         " | s / round plain / dask | best round plain / dask | test AUC plain | test AUC dask"
         " | AUC difference | peak RSS plain (MB) | peak RSS dask (MB) | same split |",
         "|---:|---:|---:|---:|---|---|---|---|---:|---:|---:|---:|---|---|",
@@ -165,11 +165,11 @@ def report(results: list[dict[str, Any]], when: str, where: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-PER_ROUND = {  # name: (extra LightGBM params, threads in one process; None = lightgbm.dask on the 2 workers)
+PER_ROUND = {  # name: (extra LightGBM params, threads in one process; None = data-parallel on the 2 Dask workers)
     "one process, 1 thread": ({}, 1),
     "one process, 2 threads": ({}, 2),
-    "lightgbm.dask 2x1 (LightGBM's choice: col-wise)": ({}, None),
-    "lightgbm.dask 2x1, force_row_wise": ({"force_row_wise": True}, None),
+    "Dask 2x1 (LightGBM's choice: col-wise)": ({}, None),
+    "Dask 2x1, force_row_wise": ({"force_row_wise": True}, None),
 }
 
 

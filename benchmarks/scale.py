@@ -2,7 +2,7 @@
 
 `make bench-scale`: `fusion run` on the real 336,776 flights and on generated tables of 1M and 10M rows
 (`fusion generate flights`), each with 1 Dask worker process (2 threads: plain LightGBM) and with 2
-worker processes (1 thread each: lightgbm.dask, the workers reading the lake), on a fresh home with the
+worker processes (1 thread each: data-parallel LightGBM, the workers reading the lake), on a fresh home with the
 cache off. The `fusion run` process and everything it starts are sampled every 0.2 s; each stage's
 window comes from its "done in" line on stderr. Writes a table to docs/BENCHMARKS.md and a plot of time
 and memory against rows to docs/scale.png.
@@ -162,7 +162,7 @@ def report(results: list[dict[str, Any]], when: str, where: str, plot: str | Non
         "",
         f"Measured {when} on {where}. Command: `{COMMAND}`. `fusion run` of configs/flights.yaml on the real",
         "tables and on `fusion generate flights` tables, fresh home, cache off, Dask worker processes",
-        "(1 worker x 2 threads: plain LightGBM; 2 workers x 1 thread: lightgbm.dask reading the lake). Peak RSS",
+        "(1 worker x 2 threads: plain LightGBM; 2 workers x 1 thread: LightGBM on Dask reading the lake). Peak RSS",
         "in MB: flow = the `fusion run` process, worker = the largest Dask worker, sampled every 0.2 s.",
         "",
         "| rows | workers | wall (s) | before first stage (s) | "

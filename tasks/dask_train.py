@@ -1,4 +1,4 @@
-"""lightgbm.dask from the lake: every worker reads and splits its own slices of the feature table.
+"""LightGBM on Dask workers from the lake: every worker reads and splits its own slices of the feature table.
 
 The driver (the train task, seceded from its worker's thread pool) holds only the plan and small
 aggregates; rows never pass through it or the task graph:
@@ -18,8 +18,11 @@ aggregates; rows never pass through it or the task graph:
    and stops at the same round. LightGBM 4.7's Dask interface does not combine validation metrics
    across workers: with a shard each, workers stop at different rounds and the rest hang
    (lightgbm-org/LightGBM#6351, #7009).
-4. `DaskLGBMClassifier` with early stopping; the registered model is the booster cut at its best
-   round, as in one process.
+4. One LightGBM data-parallel training per worker (`fit_part`), their network's ranks in the order the
+   pieces were dealt, with early stopping; the registered model is the booster cut at its best round,
+   as in one process. Not `lightgbm.dask`: it ranks workers in the order of a set of Dask keys, which
+   changes from run to run, and in data-parallel training each rank bins its share of the features
+   from its own rows, so the same data and config gave one of two models (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ from __future__ import annotations
 import itertools
 import logging
 import operator
+import socket
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 import lightgbm as lgb
 import numpy as np
@@ -121,31 +125,69 @@ def encode(frames: list[pl.DataFrame], features: list[str], target: str, vocab: 
     return to_matrix(frame, features, vocab), frame.get_column(target).cast(pl.Float64).to_numpy()
 
 
-def _encoded(
-    client: Any, worker: str, frames: list[Any], rows: int, table: FeatureSet, vocab: CategoryVocabulary
-) -> tuple[Any, Any, list[Any]]:
-    """Dask arrays of one block each, the matrix and labels of `frames` (futures of pieces' train or valid
-    rows), made and kept on `worker`; and their futures."""
-    import dask
-    import dask.array as da
-
+def _encoded(client: Any, worker: str, frames: list[Any], table: FeatureSet, vocab: CategoryVocabulary) -> list[Any]:
+    """Futures of the matrix and labels of `frames` (futures of pieces' train or valid rows), made and kept
+    on `worker`."""
     args = (frames, table.feature_columns, table.target, vocab)
     xy = client.submit(encode, *args, workers=[worker], pure=False)
-    x = client.submit(operator.itemgetter(0), xy, workers=[worker])
-    y = client.submit(operator.itemgetter(1), xy, workers=[worker])
-    shape = (rows, len(table.feature_columns))
-    return (
-        da.from_delayed(dask.delayed(x), shape=shape, dtype=np.float64),
-        da.from_delayed(dask.delayed(y), shape=(rows,), dtype=np.float64),
-        [x, y],
+    return [client.submit(operator.itemgetter(i), xy, workers=[worker]) for i in (0, 1)]
+
+
+def free_port() -> int:
+    """A port nobody listens on, on the machine this runs on (a worker's: its LightGBM listens there)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
+def network(client: Any, workers: list[str], time_out_minutes: int) -> dict[str, dict[str, Any]]:
+    """Each worker's LightGBM network parameters: `workers`' order is the ranks' (rank 0 first)."""
+    hosts = {w: urlparse(w).hostname or "" for w in workers}
+    for _ in range(5):  # two workers of one host may be handed the same free port: ask again
+        ports = {w: client.submit(free_port, workers=[w], pure=False).result() for w in workers}
+        if len({(hosts[w], ports[w]) for w in workers}) == len(workers):
+            break
+    else:
+        raise TrainingError(f"no distinct LightGBM ports for the workers {workers}")
+    machines = ",".join(f"{hosts[w]}:{ports[w]}" for w in workers)
+    shared = {"machines": machines, "num_machines": len(workers), "tree_learner": "data", "time_out": time_out_minutes}
+    return {w: {**shared, "local_listen_port": ports[w]} for w in workers}
+
+
+def fit_part(
+    x: np.ndarray,
+    y: np.ndarray,
+    x_valid: np.ndarray,
+    y_valid: np.ndarray,
+    params: dict[str, Any],
+    rounds: int,
+    patience: int,
+    features: list[str],
+    categorical: list[str],
+) -> tuple[str, int, float]:
+    """One worker's part of data-parallel LightGBM (`params` holds the network): its train rows, the whole
+    valid split. Returns the booster cut at its best round, that round and its valid AUC."""
+    train = lgb.Dataset(x, y, feature_name=features, categorical_feature=categorical, free_raw_data=True)
+    valid = train.create_valid(x_valid, y_valid)
+    booster = lgb.train(
+        params,
+        train,
+        num_boost_round=rounds,
+        valid_sets=[valid],
+        valid_names=["valid"],
+        callbacks=[lgb.early_stopping(patience, verbose=False)],
     )
+    try:
+        best = int(booster.best_iteration) or int(booster.current_iteration())
+        return booster.model_to_string(num_iteration=best), best, float(booster.best_score["valid"]["auc"])
+    finally:
+        booster.free_network()
 
 
 def train_lightgbm_from_lake(
     client: Any, lake: Lake, table: FeatureSet, dataset: DatasetConfig, pieces_per_worker: int = PIECES_PER_WORKER
 ) -> TrainedModel:
-    """lightgbm.dask on the cluster's workers, each reading its rows of `table` from the lake."""
-    import dask.array as da
+    """Data-parallel LightGBM on the cluster's workers, each reading its rows of `table` from the lake."""
     from distributed import wait
 
     config, split = dataset.model, dataset.split
@@ -192,47 +234,47 @@ def train_lightgbm_from_lake(
     train_parts, valid_parts = [], []
     for w in workers:
         mine = [f for f, o in zip(trains, owner, strict=True) if o == w]
-        train_rows = sum(int(c[TRAIN]) for c, o in zip(counts, owner, strict=True) if o == w)
-        train_parts.append(_encoded(client, w, mine, train_rows, table, vocab))
-        valid_parts.append(_encoded(client, w, valids, sizes["valid"], table, vocab))
+        train_parts.append(_encoded(client, w, mine, table, vocab))
+        valid_parts.append(_encoded(client, w, valids, table, vocab))
     del trains, valids  # the frames on the workers go once their matrices are made
-    wait([f for part in (*train_parts, *valid_parts) for f in part[2]])
+    wait([f for part in (*train_parts, *valid_parts) for f in part])
     encode_seconds = time.perf_counter() - started - split_seconds
 
     params = lightgbm_params(config, threads=1)
-    params.pop("num_threads")  # lightgbm.dask gives each worker its own thread count
-    params["time_out"] = config.dask_time_out_minutes
-    estimator = lgb.DaskLGBMClassifier(client=client, n_estimators=config.num_boost_round, **params)
+    threads = client.nthreads()
+    links = network(client, workers, config.dask_time_out_minutes)
     fit_started = time.perf_counter()
-    with warnings.catch_warnings():  # the sklearn interface's own n_jobs, which lightgbm.dask replaces
-        warnings.filterwarnings("ignore", "Parameter n_jobs will be ignored", UserWarning)
-        estimator.fit(
-            da.concatenate([x for x, _, _ in train_parts]),
-            da.concatenate([y for _, y, _ in train_parts]),
-            eval_X=(da.concatenate([x for x, _, _ in valid_parts]),),
-            eval_y=(da.concatenate([y for _, y, _ in valid_parts]),),
-            eval_names=["valid"],
-            feature_name=features,
-            categorical_feature=table.categorical_columns,
-            callbacks=[lgb.early_stopping(config.early_stopping_rounds, verbose=False)],
+    fits = [
+        client.submit(
+            fit_part,
+            *train_parts[i],
+            *valid_parts[i],
+            {**params, "num_threads": threads[w], **links[w]},
+            config.num_boost_round,
+            config.early_stopping_rounds,
+            features,
+            table.categorical_columns,
+            workers=[w],
+            pure=False,
         )
-    booster = estimator.booster_
-    best = int(estimator.best_iteration_) or int(booster.current_iteration())
+        for i, w in enumerate(workers)
+    ]
+    results = client.gather(fits)  # every rank ends at the same round: the same valid rows, the same AUC
+    model_text, best, valid_auc = results[0]
     trained_on = len(workers)
     log.info(
-        "lightgbm.dask on %d workers: split %.1f s, encode %.1f s, fit %.1f s (%d rounds, best %d)",
+        "lightgbm data-parallel on %d workers: split %.1f s, encode %.1f s, fit %.1f s (best round %d)",
         trained_on,
         split_seconds,
         encode_seconds,
         time.perf_counter() - fit_started,
-        booster.current_iteration(),
         best,
     )
     return TrainedModel(
-        model=TabularClassifier(booster.model_to_string(num_iteration=best), features, vocab),
+        model=TabularClassifier(model_text, features, vocab),
         best_iteration=best,
-        valid_auc=float(estimator.best_score_["valid"]["auc"]),
-        engine=f"lightgbm.dask ({trained_on} workers)",
+        valid_auc=valid_auc,
+        engine=f"lightgbm on dask ({trained_on} workers)",
         fit_seconds=time.perf_counter() - started,
         split_sizes=sizes,
         params=params,

@@ -41,7 +41,7 @@ class TrainedModel:
     model: Classifier
     best_iteration: int  # boosting rounds, or the torch epoch whose weights were kept
     valid_auc: float
-    engine: str  # "lightgbm", "lightgbm.dask (N workers)", "torch (cpu)", "torch (cuda)"
+    engine: str  # "lightgbm", "lightgbm on dask (N workers)", "torch (cpu)", "torch (cuda)"
     fit_seconds: float
     split_sizes: dict[str, int]
     params: dict[str, Any]

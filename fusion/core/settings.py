@@ -270,7 +270,7 @@ class ModelConfig(Frozen):
     num_boost_round: int = Field(1000, gt=0)
     early_stopping_rounds: int = Field(50, gt=0)
     dask_time_out_minutes: int = Field(
-        10, gt=0, description="lightgbm.dask: how long a worker waits for the others' sockets before failing"
+        10, gt=0, description="LightGBM on Dask workers: how long a worker waits for the others' sockets before failing"
     )
     min_category_count: int = Field(20, ge=1, description="rarer categories are encoded as unknown")
     baseline: Literal["logistic", "prior"] = "logistic"

@@ -1,4 +1,4 @@
-"""Training on a real multi-worker Dask cluster: lightgbm.dask, the workers reading the feature table from
+"""Training on a real multi-worker Dask cluster: data-parallel LightGBM, the workers reading the feature table from
 the lake, split and encoded as one process would, stopping early on the whole valid split."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def test_two_worker_processes_train_from_the_lake_and_stop_early(
     trained = train_lightgbm_from_lake(two_workers, Lake(str(tmp_path)), table, dataset)
 
     one_process = split_frames(feature_frame, dataset)
-    assert trained.engine == "lightgbm.dask (2 workers)"
+    assert trained.engine == "lightgbm on dask (2 workers)"
     assert trained.split == one_process.record and trained.split_sizes == one_process.sizes()
     vocab = CategoryVocabulary.fit(one_process.train, table.categorical_columns, dataset.model.min_category_count)
     assert trained.model.vocab == vocab
@@ -109,6 +109,25 @@ def test_each_split_method_on_the_workers_equals_one_process(
     matrix = to_matrix(one_process.valid, table.feature_columns, vocab)
     expected = roc_auc_score(one_process.valid.get_column("delayed").to_numpy(), trained.model.booster.predict(matrix))
     assert trained.valid_auc == pytest.approx(expected, abs=1e-9)
+
+
+def test_the_same_table_trains_the_same_model_every_time(
+    two_workers: Any, flights_settings: Any, feature_frame: pl.DataFrame, tmp_path: Path
+) -> None:
+    """The network's ranks follow the order the pieces were dealt in. Through lightgbm.dask they followed
+    the order of a set of Dask keys, new at every fit: each rank bins its share of the features from its
+    own rows, so a fit gave one of two models (docs/BENCHMARKS.md)."""
+    base = flights_settings.dataset
+    dataset = base.model_copy(
+        update={"model": base.model.model_copy(update={"num_boost_round": 40, "early_stopping_rounds": 5})}
+    )
+    table = in_lake(feature_frame.gather_every(5), tmp_path, dataset)
+    trees = set()
+    for _ in range(4):
+        trained = train_lightgbm_from_lake(two_workers, Lake(str(tmp_path)), table, dataset)
+        assert "num_machines: 2" in trained.model.booster_text
+        trees.add(trained.model.booster_text.split("\nparameters:")[0])  # the network's ports differ
+    assert len(trees) == 1
 
 
 def test_a_split_with_an_empty_part_fails_as_in_one_process(
@@ -189,6 +208,6 @@ def test_flow_on_an_existing_multi_worker_cluster(
     assert summary.validation_success and summary.model_version == "1" and summary.promoted
     uri = f"sqlite:///{fusion_home.resolve() / 'mlflow.db'}"
     run = MlflowClient(tracking_uri=uri).get_run(summary.mlflow_run_id)
-    assert run.data.params["engine"] == "lightgbm.dask (2 workers)"
+    assert run.data.params["engine"] == "lightgbm on dask (2 workers)"
     assert 0 < int(run.data.params["best_iteration"]) <= 2000 - 100  # flights.yaml: 2000 rounds, stop after 100
     assert summary.metrics.test_auc is not None and summary.metrics.test_auc > 0.7

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import pytest
 
 from tests.conftest import REPO, jaeger_otlp
 from tests.services.support import consume
-from tests.serving.conftest import free_port
+from tests.serving.conftest import free_port, start_fusion_serve
 
 pytestmark = pytest.mark.services
 CONFIG = REPO / "configs" / "card_transactions.yaml"
@@ -76,13 +75,7 @@ def server(kafka_bootstrap: str, jaeger: str, tmp_path: Path) -> Iterator[dict[s
         "RAY_ADDRESS": "local",  # a Ray instance of its own
     }
     stderr = tmp_path / "serve.err"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fusion.cli", "serve", "--config", str(CONFIG)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=stderr.open("w"),
-    )
+    process = start_fusion_serve(CONFIG, env, stderr)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import FLIGHTS_CONFIG, _service
+from tests.conftest import FLIGHTS_CONFIG, REPO, _service
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def start_fusion_serve(config: Path, env: dict[str, str], stderr: Path) -> subprocess.Popen[bytes]:
+    """`fusion serve --config config` as a child process, its stderr (Serve's and the replicas' lines) in
+    the file `stderr`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "fusion.cli", "serve", "--config", str(config)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr.open("w"),
+    )
 
 
 @pytest.fixture(scope="session")

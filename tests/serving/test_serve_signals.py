@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.conftest import FLIGHTS_CONFIG, REPO
-from tests.serving.conftest import free_port
+from tests.conftest import FLIGHTS_CONFIG
+from tests.serving.conftest import free_port, start_fusion_serve
 
 pytestmark = pytest.mark.integration
 
@@ -33,13 +31,7 @@ def test_sigterm_during_start_stops_cleanly(tmp_path: Path) -> None:
     }
     before = haproxy_folders()
     stderr = tmp_path / "serve.err"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fusion.cli", "serve", "--config", str(FLIGHTS_CONFIG)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=stderr.open("w"),
-    )
+    process = start_fusion_serve(FLIGHTS_CONFIG, env, stderr)
     try:
         deadline = time.monotonic() + 180
         while "Started Serve" not in stderr.read_text():  # Ray is up, the app is not yet
