@@ -73,7 +73,10 @@ launch() {
     local name=$1
     shift
     mkdir -p "$STATE/$name"
-    setsid "$@" >"$STATE/$name/log" 2>&1 < /dev/null &
+    # emptied here, not by the background child's redirect: a readiness check that greps the log must not
+    # find the line a previous run of the service left there before the child gets to truncate it
+    : >"$STATE/$name/log"
+    setsid "$@" >>"$STATE/$name/log" 2>&1 < /dev/null &
     echo $! >"$STATE/$name/pid"
 }
 
@@ -297,7 +300,7 @@ start_prefect-worker() {
     mapfile -t observe < <(observe_env)
     launch prefect-worker "${PREFECT_ENV[@]}" "${observe[@]}" "$VENV/bin/prefect" worker start --pool "$WORK_POOL" --type process \
         --name "fusion-local-worker"
-    wait_until prefect-worker 60 grep -q "started" "$STATE/prefect-worker/log"
+    wait_until prefect-worker 60 grep -q "Worker 'fusion-local-worker' started" "$STATE/prefect-worker/log"
 }
 
 # --- mlflow: tracking server + UI over sqlite, artifacts served by the server -----------------------
