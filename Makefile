@@ -27,12 +27,12 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock $(RUST_SOURCES)
 	$(UV) sync --frozen --python 3.11 --compile-bytecode
 	@touch $@
 
-# A migrated Prefect database for the installed Prefect: a fresh FUSION_HOME's embedded API starts from a
-# copy instead of migrating (fusion/runtime.py, seed_prefect_database)
-PREFECT_TEMPLATE := $(VENV)/.prefect-template
+# Migrated databases for the installed Prefect and MLflow: a fresh FUSION_HOME's embedded API and local
+# registry start from copies instead of migrating (fusion/runtime.py, tasks/registry_store.py)
+TEMPLATES := $(VENV)/.templates
 
-$(PREFECT_TEMPLATE): $(VENV)/.synced
-	$(PY) -m fusion.runtime prefect-template
+$(TEMPLATES): $(VENV)/.synced
+	$(PY) -m fusion.runtime templates
 	@touch $@
 
 DATA_DOCS_ASSETS := $(TOOLS)/datadocs/.complete
@@ -40,7 +40,7 @@ DATA_DOCS_ASSETS := $(TOOLS)/datadocs/.complete
 $(DATA_DOCS_ASSETS): $(VENV)/.synced tasks/data_docs.py
 	$(PY) -m tasks.data_docs fetch $(TOOLS)/datadocs
 
-setup: $(VENV)/.synced $(PREFECT_TEMPLATE) $(DATA_DOCS_ASSETS) ## install uv, the locked environment (compiled to bytecode), a migrated Prefect database and GX Data Docs' CSS/JS (idempotent)
+setup: $(VENV)/.synced $(TEMPLATES) $(DATA_DOCS_ASSETS) ## install uv, the locked environment (compiled to bytecode), migrated Prefect and MLflow databases and GX Data Docs' CSS/JS (idempotent)
 
 run: setup ## run the training pipeline on the default config (2013 NYC flights)
 	$(VENV)/bin/fusion run

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -125,7 +126,7 @@ def run(
     if problems:
         _refuse(config, problems, as_json, verbose)
     _print_problems(config, check_warnings(settings), verbose, prefix="[yellow]warning:[/yellow] ")
-    from fusion.runtime import prepare_environment, start_embedded_prefect_api
+    from fusion.runtime import embedded_run_settings, prepare_environment, start_embedded_prefect_api
 
     prepare_environment(settings, verbose=verbose)
     booting = start_embedded_prefect_api()
@@ -147,7 +148,8 @@ def run(
     try:
         if booting is not None:
             booting.wait()  # a server that cannot start: one line naming its log
-        summary = run_pipeline(settings)
+        with embedded_run_settings() if booting is not None else contextlib.nullcontext():
+            summary = run_pipeline(settings)
     except RunFailed as exc:
         failed = json.loads(exc.summary_json)
         _fail(str(exc), 1, failed, as_json)

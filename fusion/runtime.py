@@ -14,6 +14,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fusion.core.logs import logging_environment
@@ -38,6 +40,9 @@ def prepare_environment(settings: Settings, verbose: bool = False) -> None:
         "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO" if verbose else "CRITICAL",
         "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
         "DASK_LOGGING__DISTRIBUTED": "info" if verbose else "warning",
+        # Dask's statistical profiler walks every thread's stack each 10 ms, holding the GIL, for the
+        # dashboard's Profile page: ~1 s of a run's CPU, taken from the stages (docs/BENCHMARKS.md)
+        "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "false",
         "MLFLOW_LOGGING_LEVEL": "INFO" if verbose else "ERROR",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
@@ -66,6 +71,19 @@ def start_embedded_prefect_api() -> EmbeddedPrefectApi | None:
     return api
 
 
+@contextmanager
+def embedded_run_settings() -> Iterator[None]:
+    """Prefect's settings for a flow run on this process's own embedded API: no flow-run heartbeats.
+
+    A heartbeat lets a server tell that a run's process died. The embedded server dies with that process,
+    so nothing reads them, and the heartbeat thread, which sleeps in 1 s steps, is joined at the end of
+    the run: up to 1 s of every `fusion run` (docs/BENCHMARKS.md, "Cold start: where the time goes")."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
 def embedded_prefect_api_url() -> str:
     """The URL of this process's embedded Prefect API, started by Prefect's own launcher (once per process).
 
@@ -92,7 +110,7 @@ class EmbeddedPrefectApi:
     - nothing of the server is imported into this process (Prefect's launcher imports the whole server
       app, seconds of this process's CPU, for a server that runs in another process);
     - a fresh PREFECT_HOME's SQLite database starts as a copy of the installed template
-      (`prefect_template_path`, made by `make setup`: `python -m fusion.runtime prefect-template`), so the
+      (`prefect_template_path`, made by `make setup`: `python -m fusion.runtime templates`), so the
       server skips migrations and block registration. Without a template, or with a database URL of the
       user's own, Prefect migrates as usual. Figures: docs/BENCHMARKS.md, "Cold start: where the time goes".
     """
@@ -257,7 +275,15 @@ def make_prefect_template() -> Path:
     return target
 
 
+def make_templates() -> list[Path]:
+    """The migrated databases a fresh FUSION_HOME starts from: Prefect's embedded API's and the local
+    MLflow registry's (tasks/registry_store.py)."""
+    from tasks.registry_store import make_registry_template
+
+    return [make_prefect_template(), make_registry_template()]
+
+
 if __name__ == "__main__":
-    if sys.argv[1:] != ["prefect-template"]:
-        sys.exit("usage: python -m fusion.runtime prefect-template")
-    print(make_prefect_template())
+    if sys.argv[1:] != ["templates"]:
+        sys.exit("usage: python -m fusion.runtime templates")
+    print(*make_templates(), sep="\n")

@@ -20,6 +20,7 @@ from fusion.core.lake import Lake
 from fusion.core.logs import printed_to_log
 from fusion.core.settings import DatasetConfig, GateConfig
 from tasks.evaluate import Evaluation
+from tasks.registry_store import local_artifact_root, seed_local_registry
 from tasks.train import TrainedModel, in_chunks
 
 CHALLENGER = "challenger"
@@ -58,16 +59,8 @@ def model_fingerprint(trained: TrainedModel, batch_id: str, config_fingerprint: 
 def _client(tracking_uri: str) -> Any:
     from mlflow import MlflowClient
 
+    seed_local_registry(tracking_uri)  # a fresh home's registry starts migrated
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
-def local_artifact_root(tracking_uri: str) -> Path | None:
-    """Where a local (sqlite) registry keeps its artifacts: `mlartifacts/` beside the database, so a
-    FUSION_HOME holds its models. (MLflow's own default is `./mlruns` in whatever directory the
-    process runs from.) None for a tracking server, which decides for itself."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    return Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts"
 
 
 def find_registered_version(client: Any, name: str, fingerprint: str) -> Registration | None:

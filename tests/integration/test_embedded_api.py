@@ -107,3 +107,18 @@ def test_the_template_is_made_with_prefects_defaults_whatever_the_environment_sa
         assert db.execute("select count(*) from alembic_version").fetchone() == (1,)
         assert db.execute("select count(*) from block_type").fetchone()[0] > 5  # registered, so a seeded home skips it
     assert not list(target.parent.glob(".*"))  # no partial copy left behind
+
+
+def test_a_run_on_the_embedded_api_sends_no_heartbeats() -> None:
+    """The flow engine's heartbeat interval, as it reads it: none inside `embedded_run_settings`, Prefect's
+    own default outside (a server of its own watches for runs whose process died)."""
+    from prefect import flow
+    from prefect.flow_engine import FlowRunEngine
+
+    from fusion.runtime import embedded_run_settings
+
+    engine = FlowRunEngine(flow=flow(lambda: None, name="heartbeat-probe"))
+    assert engine.heartbeat_seconds is not None
+    with embedded_run_settings():
+        assert engine.heartbeat_seconds is None
+    assert engine.heartbeat_seconds is not None
