@@ -225,7 +225,6 @@ class Trigger:
         self.metrics = metrics or TriggerMetrics()
         self._stop = threading.Event()
         self.consumer = KafkaConsumer(
-            events.requests_topic,
             **events.security.client_options(),
             bootstrap_servers=bootstrap_servers,
             group_id=events.consumer_group,
@@ -237,6 +236,19 @@ class Trigger:
             max_poll_records=50,
             metadata_max_age_ms=30_000,  # a partition added later is consumed within 30 s, not kafka-python's 5 min
         )
+        # Subscribed only once this consumer's own metadata has the topic's partitions: the broker that
+        # answered ensure_topics may know them before the one answering this consumer does, and a group
+        # joined without them gets no partition until a later refresh and rebalance (a test waited 60 s)
+        deadline = time.monotonic() + events.timeout_s
+        while not self.consumer.partitions_for_topic(events.requests_topic):
+            if time.monotonic() > deadline:
+                self.consumer.close()
+                raise ConnectionError(
+                    f"Kafka at {bootstrap_servers}: {events.requests_topic} has no partitions in this"
+                    f" consumer's metadata after {events.timeout_s} s"
+                )
+            time.sleep(0.1)
+        self.consumer.subscribe([events.requests_topic])
         self.producer = durable_producer(bootstrap_servers, "fusion-trigger-deadletter", events)
 
     def stop(self) -> None:
