@@ -11,7 +11,7 @@ FUSION_HOME ?= .fusion
 export FUSION_HOME
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: audit help setup run run-example run-examples serve up down deploy status notebooks lab test test-fast lint typecheck rust-check bench bench-events bench-features bench-models bench-dask-train bench-scale device-check bench-serving bench-serving-logs mlflow-ui docs clean infra-check
+.PHONY: audit help setup run run-example run-examples serve up down deploy status notebooks lab test test-fast lint typecheck rust-check bench bench-events bench-features bench-models bench-dask-train bench-scale device-check bench-serving bench-serving-logs bench-serving-scaling mlflow-ui docs clean infra-check
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -146,6 +146,9 @@ bench-serving: setup ## Fusion (cache miss/hit/90% hits, direct and proxy ingres
 
 bench-serving-logs: setup ## serving's req/s and CPU with text vs JSON logs and the access log off vs on -> docs/BENCHMARKS.md
 	$(PY) -m benchmarks.serving --logs --rounds 2 --write docs/BENCHMARKS.md
+
+bench-serving-scaling: setup ## serving's req/s and CPU with 1 replica (1 or 2 model threads) vs 2 and 3 replicas -> docs/BENCHMARKS.md
+	$(PY) -m benchmarks.serving --scaling --rounds 2 --write docs/BENCHMARKS.md
 
 mlflow-ui: setup ## MLflow UI on http://127.0.0.1:5000 over $FUSION_HOME/mlflow.db
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(FUSION_HOME))/mlflow.db --host 127.0.0.1 --port 5000

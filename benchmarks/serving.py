@@ -540,19 +540,30 @@ LOG_SETUPS = (
     ("JSON logs, no access log", {"FUSION_LOG_FORMAT": "json", "FUSION_SERVING__ACCESS_LOG": "false"}),
     ("JSON logs, access log", {"FUSION_LOG_FORMAT": "json", "FUSION_SERVING__ACCESS_LOG": "true"}),
 )
+# One replica with more threads against more replicas (issue 20): a replica works on small requests on its
+# event loop and calls the model with `serving.model_threads` OpenMP threads; replicas are processes.
+SCALING_SETUPS = (
+    ("1 replica, 1 model thread", {"FUSION_SERVING__REPLICAS": "1", "FUSION_SERVING__MODEL_THREADS": "1"}),
+    ("1 replica, 2 model threads", {"FUSION_SERVING__REPLICAS": "1", "FUSION_SERVING__MODEL_THREADS": "2"}),
+    ("2 replicas, 1 model thread (shipped)", {"FUSION_SERVING__REPLICAS": "2", "FUSION_SERVING__MODEL_THREADS": "1"}),
+    ("3 replicas, 1 model thread", {"FUSION_SERVING__REPLICAS": "3", "FUSION_SERVING__MODEL_THREADS": "1"}),
+)
 LOG_CLIENTS = (8, 32)
 
 
-def measure_logs(home: Path, seconds: float, warmup_s: float, replicas: int, rounds: int) -> dict[str, Any]:
-    """Fusion (`direct` ingress) under each logging setup in turn, `rounds` times over (ABCABC: drift
-    falls on every setup alike): cache hits and misses at 8 and 32 clients."""
+def measure_setups(
+    home: Path, setups: tuple[tuple[str, dict[str, str]], ...], seconds: float, warmup_s: float, rounds: int
+) -> dict[str, Any]:
+    """Fusion (`direct` ingress) under each setup (environment variables over the shipped config) in turn,
+    `rounds` times over (ABCABC: drift falls on every setup alike): cache hits and misses at 8 and 32
+    clients."""
     env = {**os.environ, "FUSION_HOME": str(home), "FUSION_REDIS_URL": REDIS_URL, "PYTHONUNBUFFERED": "1"}
-    env |= {"FUSION_SERVING__REPLICAS": str(replicas), "FUSION_SERVING__INGRESS": INGRESSES[0]}
+    env |= {"FUSION_SERVING__INGRESS": INGRESSES[0]}
     cells: list[dict[str, Any]] = []
     rows: pl.DataFrame | None = None
     startup: dict[str, float] = {}
     for round_ in range(rounds):
-        for name, setup in LOG_SETUPS:
+        for name, setup in setups:
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             server = Servers(home)
@@ -599,31 +610,14 @@ def log_cells(url: str, rows: pl.DataFrame, used: int, seconds: float, warmup_s:
     return cells
 
 
-def report_logs(results: dict[str, Any]) -> str:
+def setup_rows(results: dict[str, Any], setups: tuple[tuple[str, dict[str, str]], ...]) -> list[str]:
+    """The table of `measure_setups`' cells: each (setup, request, clients), the rounds' means."""
     cells = results["cells"]
-
-    def mean(setup: str, kind: str, clients: int, key: str) -> float:
-        found = [c[key] for c in cells if (c["setup"], c["kind"], c["clients"]) == (setup, kind, clients)]
-        return float(np.mean(found))
-
-    base, json_only, access = (name for name, _ in LOG_SETUPS)
     lines = [
-        "## Serving logs (`make bench-serving-logs`)",
-        "",
-        f"Measured {results['date']} on {results['machine']}.",
-        f"Command: `{results['command']}`. `fusion serve` (`direct` ingress, {results['replicas']} replicas, the "
-        "shipped flights champion, registered by a pipeline run in the same benchmark run) under three logging "
-        "setups: `FUSION_LOG_FORMAT` text or json, `serving.access_log` off or on (a JSON line per request in "
-        "the replica's log file, copied by `fusion serve` to its stderr). Each setup started "
-        f"{results['rounds']} times, in turn (ABCABC); one row per `/invocations` request, "
-        f"{results['seconds']:.0f} s per cell after {results['warmup_s']:.0f} s of warm-up, closed-loop clients "
-        "on the same 2 cores; figures are the rounds' mean. CPU: ms per answered request over every serving "
-        "process (HAProxy, replicas, Ray, Redis, `fusion serve`, the client).",
-        "",
         "| setup | request | clients | req/s | p50 ms | p99 ms | CPU ms/request | errors |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, _ in LOG_SETUPS:
+    for name, _ in setups:
         for kind in ("cache miss", "cache hit"):
             for clients in LOG_CLIENTS:
                 errors = sum(
@@ -632,22 +626,89 @@ def report_logs(results: dict[str, Any]) -> str:
                     if (c["setup"], c["kind"], c["clients"]) == (name, kind, clients)
                 )
                 lines.append(
-                    f"| {name} | {kind} | {clients} | {mean(name, kind, clients, 'rps'):.0f} "
-                    f"| {mean(name, kind, clients, 'p50_ms'):.1f} | {mean(name, kind, clients, 'p99_ms'):.1f} "
-                    f"| {mean(name, kind, clients, 'cpu_ms'):.2f} | {errors} |"
+                    f"| {name} | {kind} | {clients} | {setup_mean(cells, name, kind, clients, 'rps'):.0f} "
+                    f"| {setup_mean(cells, name, kind, clients, 'p50_ms'):.1f} "
+                    f"| {setup_mean(cells, name, kind, clients, 'p99_ms'):.1f} "
+                    f"| {setup_mean(cells, name, kind, clients, 'cpu_ms'):.2f} | {errors} |"
                 )
+    return lines
 
-    def ratios(a: str, b: str, kind: str) -> str:
-        return ", ".join(f"**{mean(a, kind, n, 'rps') / mean(b, kind, n, 'rps'):.2f}x** at {n}" for n in LOG_CLIENTS)
 
-    lines += [
+def setup_mean(cells: list[dict[str, Any]], setup: str, kind: str, clients: int, key: str) -> float:
+    found = [c[key] for c in cells if (c["setup"], c["kind"], c["clients"]) == (setup, kind, clients)]
+    return float(np.mean(found))
+
+
+def setup_ratios(cells: list[dict[str, Any]], a: str, b: str, kind: str) -> str:
+    """req/s of setup a over setup b at each client count, as the section's bold figures."""
+    return ", ".join(
+        f"**{setup_mean(cells, a, kind, n, 'rps') / setup_mean(cells, b, kind, n, 'rps'):.2f}x** at {n}"
+        for n in LOG_CLIENTS
+    )
+
+
+def setups_method(results: dict[str, Any], what: str) -> str:
+    return (
+        f"Measured {results['date']} on {results['machine']}.\n"
+        f"Command: `{results['command']}`. `fusion serve` (`direct` ingress, the shipped flights champion, "
+        f"registered by a pipeline run in the same benchmark run) {what}. Each setup started "
+        f"{results['rounds']} times, in turn (ABCABC); one row per `/invocations` request, "
+        f"{results['seconds']:.0f} s per cell after {results['warmup_s']:.0f} s of warm-up, closed-loop clients "
+        "on the same 2 cores; figures are the rounds' mean. CPU: ms per answered request over every serving "
+        "process (HAProxy, replicas, Ray, Redis, `fusion serve`, the client)."
+    )
+
+
+def report_logs(results: dict[str, Any]) -> str:
+    cells = results["cells"]
+    base, json_only, access = (name for name, _ in LOG_SETUPS)
+    what = (
+        f"with {results['replicas']} replicas under three logging setups: `FUSION_LOG_FORMAT` text or json, "
+        "`serving.access_log` off or on (a JSON line per request in the replica's log file, copied by "
+        "`fusion serve` to its stderr)"
+    )
+    lines = [
+        "## Serving logs (`make bench-serving-logs`)",
+        "",
+        setups_method(results, what),
+        "",
+        *setup_rows(results, LOG_SETUPS),
         "",
         "Ratios of req/s within this run:",
-        f"- access log on vs off (both JSON): cache miss {ratios(access, json_only, 'cache miss')}; "
-        f"cache hit {ratios(access, json_only, 'cache hit')}.",
-        f"- JSON vs text logs (access log off): cache miss {ratios(json_only, base, 'cache miss')}; "
-        f"cache hit {ratios(json_only, base, 'cache hit')}.",
+        f"- access log on vs off (both JSON): cache miss {setup_ratios(cells, access, json_only, 'cache miss')}; "
+        f"cache hit {setup_ratios(cells, access, json_only, 'cache hit')}.",
+        f"- JSON vs text logs (access log off): cache miss {setup_ratios(cells, json_only, base, 'cache miss')}; "
+        f"cache hit {setup_ratios(cells, json_only, base, 'cache hit')}.",
     ]
+    return "\n".join(lines) + "\n"
+
+
+def report_scaling(results: dict[str, Any]) -> str:
+    cells = results["cells"]
+    one, one_threads, shipped, three = (name for name, _ in SCALING_SETUPS)
+    what = (
+        "with one replica or more, and one or two OpenMP threads for the model calls "
+        "(`serving.replicas`, `serving.model_threads`; the rest of the `serving` section as shipped)"
+    )
+    lines = [
+        "## Serving: replicas against threads (`make bench-serving-scaling`)",
+        "",
+        setups_method(results, what),
+        "",
+        *setup_rows(results, SCALING_SETUPS),
+        "",
+        "Ratios of req/s within this run:",
+    ]
+    for label, a, b in (
+        ("2 replicas vs 1 replica with 2 model threads", shipped, one_threads),
+        ("2 replicas vs 1 replica", shipped, one),
+        ("1 replica: 2 model threads vs 1", one_threads, one),
+        ("3 replicas vs 2", three, shipped),
+    ):
+        lines.append(
+            f"- {label}: cache miss {setup_ratios(cells, a, b, 'cache miss')}; "
+            f"cache hit {setup_ratios(cells, a, b, 'cache hit')}."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -660,13 +721,14 @@ def main() -> None:
     parser.add_argument("--home", type=Path, help="reuse a FUSION_HOME with a champion (skips the pipeline run)")
     parser.add_argument("--write", type=Path, help="update this BENCHMARKS.md")
     parser.add_argument("--logs", action="store_true", help="the cost of JSON logs and of the access log instead")
+    parser.add_argument("--scaling", action="store_true", help="one replica with more threads vs more replicas instead")
     parser.add_argument(
         "--rounds",
         type=int,
         default=4,
         help="times each `direct` ingress cell is measured (each kind's client counts back to back, up, then down; "
         "medians reported); "
-        "with --logs: times each setup is measured",
+        "with --logs or --scaling: times each setup is measured",
     )
     args = parser.parse_args()
     status = subprocess.run([str(SERVICES), "status", "redis"], capture_output=True, text=True, check=True)
@@ -678,8 +740,10 @@ def main() -> None:
             env = {**os.environ, "FUSION_HOME": str(home), "FUSION_REDIS_URL": REDIS_URL}
             summary = register_model(home, env)
             print(f"registered {MODEL} v{summary.get('model_version')}", file=sys.stderr)
-        if args.logs:
-            results = measure_logs(home, args.seconds, args.warmup, args.replicas, args.rounds)
+        if args.logs or args.scaling:
+            replicas = {"FUSION_SERVING__REPLICAS": str(args.replicas)}
+            setups = tuple((n, replicas | e) for n, e in LOG_SETUPS) if args.logs else SCALING_SETUPS
+            results = measure_setups(home, setups, args.seconds, args.warmup, args.rounds)
         else:
             results = measure(home, args.seconds, args.warmup, args.mlflow_workers, args.replicas, args.rounds)
     finally:
@@ -690,13 +754,13 @@ def main() -> None:
     results.update(
         date=dt.date.today().isoformat(),
         machine=machine(),
-        command="make bench-serving-logs" if args.logs else "make bench-serving",
+        command=f"make bench-serving{'-logs' if args.logs else '-scaling' if args.scaling else ''}",
         replicas=args.replicas,
         seconds=args.seconds,
         warmup_s=args.warmup,
         rounds=args.rounds,
     )
-    section = report_logs(results) if args.logs else report(results)
+    section = report_logs(results) if args.logs else report_scaling(results) if args.scaling else report(results)
     print(section)
     if args.write:
         write_section(args.write, section)
