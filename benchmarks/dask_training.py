@@ -7,8 +7,10 @@ is built once and written to a lake folder; then, from that URI to a trained mod
 - dask: a LocalCluster of 2 worker processes x 1 thread (started before the clock), the workers
   reading and splitting their own rows (tasks/dask_train.py), early stopping on the whole valid split.
 
-Each path runs `--repeats` times, alternating; the fastest run of each is the figure. Both score the same
-test split. Peak RSS is sampled every 0.1 s for this process and each worker (the largest over the runs).
+Each path runs `--repeats` times (`--large-repeats` above 1M rows), in pairs of a plain and a dask run back to
+back, alternating which goes first; the time ratio is the median of the pairs' ratios (this VM's speed moves
+by up to 2x within minutes: a pair's two runs share a minute). Both score the same test split. Peak RSS is
+sampled every 0.1 s for this process and each worker (the largest over the runs).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import statistics
 import tempfile
 import threading
 import time
@@ -84,8 +87,9 @@ def feature_table(size: str, dataset: DatasetConfig, folder: Path) -> FeatureSet
 
 
 def compare(size: str, dataset: DatasetConfig, client: Any, worker_pids: list[int], repeats: int) -> dict[str, Any]:
-    """Each path `repeats` times, alternating (plain, dask, then dask, plain, ...: this VM's speed moves by up
-    to 2x within minutes, and drift falls on both alike); the fastest run of each is the figure."""
+    """Each path `repeats` times, in pairs back to back, alternating which goes first (plain, dask, then dask,
+    plain, ...: this VM's speed moves by up to 2x within minutes, and drift falls on both alike); the figure is
+    the median of the pairs' ratios, the fastest run of each path beside it."""
     with tempfile.TemporaryDirectory(prefix="fusion-bench-dask-") as tmp:
         folder = Path(tmp)
         table = feature_table(size, dataset, folder)
@@ -129,11 +133,13 @@ def compare(size: str, dataset: DatasetConfig, client: Any, worker_pids: list[in
                 "engine": model.engine,
             }
         result["same_split"] = trained["plain"].split == trained["dask"].split
+        result["pair_ratios"] = [d / p for p, d in zip(runs["plain"], runs["dask"], strict=True)]
+        result["ratio"] = float(statistics.median(result["pair_ratios"]))
         return result
 
 
 def report(results: list[dict[str, Any]], when: str, where: str) -> str:
-    repeats = len(results[0]["plain"]["runs"]) if results else 0
+    repeats = max((len(r["plain"]["runs"]) for r in results), default=0)
     lines = [
         "## Distributed training: LightGBM on Dask workers vs one process (`make bench-dask-train`)",
         "",
@@ -142,26 +148,37 @@ def report(results: list[dict[str, Any]], when: str, where: str) -> str:
         "threads. dask: 2 worker processes x 1 thread (cluster started before the clock), each reading",
         "and splitting its own rows, early stopping on the whole valid split (tasks/dask_train.py). Both with",
         "the config's 2000 rounds / stop after 100. Peak RSS: plain = the process; dask = driver, worker 1, worker 2.",
-        f"Each path run {repeats} times, alternating (plain, dask, then dask, plain): the fastest run is the",
-        "figure, every run is listed. Rounds run = best round + the patience; s / round = fastest run / rounds run",
-        "(reading and splitting included): the time ratio is the rounds' ratio times the per-round ratio.",
+        f"Each path run {repeats} times (fewer at the largest sizes: the runs column), in pairs back to back,",
+        "alternating which goes first: the time ratio is the median of the pairs' ratios (every pair listed);",
+        "plain and dask (s) are each path's fastest run. Rounds run = best round + the patience; s / round =",
+        "fastest run / rounds run (reading and splitting included): a time ratio is the rounds' ratio times the",
+        "per-round ratio.",
         "",
-        "| rows | plain (s) | dask (s) | time ratio | runs plain / dask (s) | rounds run plain / dask"
+        "| rows | plain (s) | dask (s) | time ratio (median of pairs) | pairs' ratios | runs plain / dask (s)"
+        " | rounds run plain / dask"
         " | s / round plain / dask | best round plain / dask | test AUC plain | test AUC dask"
         " | AUC difference | peak RSS plain (MB) | peak RSS dask (MB) | same split |",
-        "|---:|---:|---:|---:|---|---|---|---|---:|---:|---:|---:|---|---|",
+        "|---:|---:|---:|---:|---|---|---|---|---|---:|---:|---:|---:|---|---|",
     ]
     for r in results:
         p, d = r["plain"], r["dask"]
         runs = " / ".join(", ".join(f"{t:.1f}" for t in x["runs"]) for x in (p, d))
         per_round = " / ".join(f"{x['seconds'] / x['rounds_run']:.3f}" for x in (p, d))
         lines.append(
-            f"| {r['rows']:,} | {p['seconds']:.1f} | {d['seconds']:.1f} | {d['seconds'] / p['seconds']:.2f}x"
-            f" | {runs} | {p['rounds_run']} / {d['rounds_run']} | {per_round}"
+            f"| {r['rows']:,} | {p['seconds']:.1f} | {d['seconds']:.1f} | **{r['ratio']:.2f}x**"
+            f" | {', '.join(f'{x:.2f}' for x in r['pair_ratios'])} | {runs}"
+            f" | {p['rounds_run']} / {d['rounds_run']} | {per_round}"
             f" | {p['best_iteration']} / {d['best_iteration']} | {p['test_auc']:.4f} | {d['test_auc']:.4f}"
             f" | {d['test_auc'] - p['test_auc']:+.4f} | {p['peak_rss_mb'][0]:,}"
             f" | {' / '.join(f'{m:,}' for m in d['peak_rss_mb'])} | {'yes' if r['same_split'] else 'NO'} |"
         )
+    if results:
+        ratios = ", ".join(f"**{r['ratio']:.2f}x** at {r['rows']:,}" for r in results)
+        gaps = ", ".join(f"{abs(r['dask']['test_auc'] - r['plain']['test_auc']):.4f}" for r in results)
+        lines += [
+            "",
+            f"Targets (issue 16): time ratio <= 1.3x at every size: {ratios}; test AUC within 0.002: {gaps}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -215,7 +232,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="real,1000000,3000000", help="'real' and/or generated row counts")
     parser.add_argument("--write", type=Path, help="update this BENCHMARKS.md")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each path, alternating; the fastest counts")
+    parser.add_argument("--repeats", type=int, default=4, help="pairs of a plain and a dask run; median of ratios")
+    parser.add_argument("--large-repeats", type=int, default=2, help="pairs at sizes above 1M rows")
     parser.add_argument("--per-round", action="store_true", help="seconds per round of each way, on the first size")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -236,7 +254,9 @@ def main() -> None:
             return
         worker_pids = [int(pid) for pid in client.run(lambda: __import__("os").getpid()).values()]
         for size in args.sizes.split(","):
-            results.append(compare(size.strip(), dataset, client, worker_pids, args.repeats))
+            large = size.strip() != "real" and int(size) > 1_000_000
+            repeats = args.large_repeats if large else args.repeats
+            results.append(compare(size.strip(), dataset, client, worker_pids, repeats))
             print(results[-1], flush=True)
     section = report(results, dt.date.today().isoformat(), machine())
     print(section)
