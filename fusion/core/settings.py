@@ -275,7 +275,7 @@ class ModelConfig(Frozen):
     min_category_count: int = Field(20, ge=1, description="rarer categories are encoded as unknown")
     baseline: Literal["logistic", "prior"] = "logistic"
     baseline_rows: int = Field(
-        100_000, gt=0, description="the logistic baseline is fitted on at most this many train rows (a seeded sample)"
+        50_000, gt=0, description="the logistic baseline is fitted on at most this many train rows (a seeded sample)"
     )
 
     @model_validator(mode="before")
