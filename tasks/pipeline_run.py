@@ -63,6 +63,7 @@ class PipelineRun:
         self.pushgateway = settings.pushgateway_url
         self.rows: dict[tuple[str, str], int] = {}  # (stage, kind) -> rows, for the run's metrics
         self.stage_name = "run"
+        self._pending: PrefectFuture[Any] | None = None  # the last announced event, until sent
         self.started = time.perf_counter()
         self.tag(f"dataset:{self.dataset}", f"trace:{traceparent.split('-')[1]}")
 
@@ -74,6 +75,7 @@ class PipelineRun:
         return self
 
     def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
+        self.sent(raise_on_failure=False)  # an event still in flight when the run broke off is sent first
         self._scope.close()
         tracing.end_span(self._span, error)
         tracing.flush()
@@ -131,7 +133,13 @@ class PipelineRun:
         return result
 
     def announce(self, type_: EventType, data: dict[str, Any]) -> None:
-        """The event of the stage that ran last, carrying that stage span's traceparent."""
+        """The event of the stage that ran last, carrying that stage span's traceparent.
+
+        Submitted, not waited for: the next stage starts while it is sent (a publish task's round trip
+        through Prefect is ~0.1 s, five times a run). The next announcement, the run's end and its
+        failure report wait for it first, so events leave in the order of the stages and a publish that
+        fails for good still fails the run, a stage later at most."""
+        self.sent()
         event = CloudEvent(
             source=SOURCE,
             type=type_,
@@ -139,7 +147,20 @@ class PipelineRun:
             traceparent=self.stage_traceparent,
             data={"run_id": self.summary.run_id, "dataset": self.dataset, **data},
         )
-        self._configured(stages.publish, f"publish {type_}").submit(self.sink, event).result()
+        self._pending = self._configured(stages.publish, f"publish {type_}").submit(self.sink, event)
+
+    def sent(self, raise_on_failure: bool = True) -> None:
+        """Wait for the last announced event (normally long sent: a stage ran since); raise its failure, or
+        log it when the run is already failing for another reason."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            pending.result()
+        except Exception:
+            if raise_on_failure:
+                raise
+            log.warning("an event of this failing run was not sent", exc_info=True)
 
     def _configured(self, task: Any, name: str) -> Any:
         """The task with a readable run name (`ingest [flights]`), this run's cache choice, and
@@ -232,6 +253,7 @@ class PipelineRun:
         summary.error = f"{self.stage_name}: {exc}"
         summary.failed_stage = self.stage_name
         summary.duration_s = round(time.perf_counter() - self.started, 3)
+        self.sent(raise_on_failure=False)  # this failure is the run's report, whatever became of an event
         if self.stage_name in DATA_STAGES:
             summary.validation_success = False if self.stage_name == "validate" else None
             summary.batch_id = summary.batch_id or exc.batch_id
@@ -243,12 +265,14 @@ class PipelineRun:
                 "quarantine_uri": summary.quarantine_uri,
             }
             self.announce("fusion.data.rejected", data)
+            self.sent(raise_on_failure=False)
         self.publish(failure_story(self.dataset, self.stage_name, str(exc), summary.quarantine_uri))
         self.record()
         push_run_metrics(self.pushgateway, summary, self.rows)
         return RunFailed(summary.error, summary.model_dump_json())
 
     def finish(self) -> RunSummary:
+        self.sent()
         self.summary.duration_s = round(time.perf_counter() - self.started, 3)
         self.record()
         push_run_metrics(self.pushgateway, self.summary, self.rows)

@@ -73,3 +73,28 @@ def test_io_stages_retry_as_the_settings_say(card_data: Path, monkeypatch: pytes
     summary = failed_run()
     assert summary.error and summary.error.startswith("fingerprint: cannot stat source")
     assert len(attempts.read_text().splitlines()) == retries + 1  # every attempt fails on the first table
+
+
+def test_an_event_that_cannot_be_sent_fails_the_run_and_no_later_event_leaves(
+    card_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events are sent while the next stage runs, but in the stages' order, and one that fails for good
+    (retries spent) still fails the run: at the next announcement, before any later event is sent."""
+    from fusion.core.events import CloudEvent, EventSink
+
+    sent = card_data / "sent.log"  # a file: Dask ships the task (and this class) as a copy
+
+    class Broken:
+        def publish(self, event: CloudEvent) -> None:
+            if event.type == "fusion.features.ready":
+                raise ConnectionError("broker gone")
+            with sent.open("a") as log:
+                log.write(event.type + "\n")
+
+    monkeypatch.setattr(EventSink, "bus", lambda self: Broken())
+    monkeypatch.setenv("FUSION_PIPELINE__RETRIES", "0")
+    from flows.training_pipeline import run_pipeline
+
+    with pytest.raises(ConnectionError, match="broker gone"):
+        run_pipeline(CONFIG)
+    assert sent.read_text().splitlines() == ["fusion.data.ready", "fusion.data.validated"]
