@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from fusion.core.net import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ["ingest", "validate", "features", "train", "evaluate", "register", "promote", "online-features"]
@@ -165,12 +166,6 @@ def floor(config: str) -> dict[str, Any]:
     )
     timed("online-features", online_features)
     return {"stages": stages, "test_auc": state["evaluate"].test_auc}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def clean_env(home: Path, **extra: str) -> dict[str, str]:

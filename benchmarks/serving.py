@@ -48,7 +48,8 @@ import numpy as np
 import polars as pl
 import psutil
 
-from benchmarks.pipeline import free_port, machine, write_section
+from benchmarks.pipeline import machine, write_section
+from fusion.core.net import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SERVICES = REPO / "infra" / "local" / "services.sh"

@@ -7,7 +7,6 @@ import hashlib
 import importlib.metadata
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess  # nosec B404  # Prefect's server command, argv list, no shell
 import sys
@@ -19,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fusion.core.logs import logging_environment
+from fusion.core.net import free_port
 from fusion.core.settings import Settings
 from fusion.core.tracing import tracing_environment
 
@@ -131,7 +131,7 @@ class EmbeddedPrefectApi:
         self.seeded = seed_prefect_database(home)
         if self.seeded:  # the template's block types are registered: the server need not write them again
             env["PREFECT_API_BLOCKS_REGISTER_ON_START"] = "false"
-        port = _free_port()
+        port = free_port()
         self._log = home / "embedded-api.log"
         with self._log.open("ab") as log:
             self.process = subprocess.Popen(  # nosec B603  # this interpreter, fixed arguments, a free port
@@ -198,12 +198,6 @@ class EmbeddedPrefectApi:
         if self._log is None or not self._log.exists():
             return ""
         return self._log.read_text(errors="replace")[-3000:]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def prefect_template_path() -> Path:

@@ -29,6 +29,7 @@ from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
 from fusion.core.logs import FORMAT_ENV, configure_logging, json_everywhere, log_format
+from fusion.core.net import free_port
 from fusion.core.settings import ServingConfig, Settings
 from serving.http import build_http_app
 from serving.logs import follow_in_thread, install_replica_logging
@@ -245,12 +246,6 @@ def port_unused(port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def start_ray(config: ServingConfig) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import itertools
 import logging
 import operator
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +41,7 @@ import polars as pl
 
 from fusion.core.errors import TrainingError
 from fusion.core.lake import Lake
+from fusion.core.net import free_port
 from fusion.core.settings import DatasetConfig
 from tasks.classifier import CategoryVocabulary, TabularClassifier, to_matrix
 from tasks.features import FeatureSet
@@ -133,18 +133,11 @@ def _encoded(client: Any, worker: str, frames: list[Any], table: FeatureSet, voc
     return [client.submit(operator.itemgetter(i), xy, workers=[worker]) for i in (0, 1)]
 
 
-def free_port() -> int:
-    """A port nobody listens on, on the machine this runs on (a worker's: its LightGBM listens there)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))
-        return int(sock.getsockname()[1])
-
-
 def network(client: Any, workers: list[str], time_out_minutes: int) -> dict[str, dict[str, Any]]:
     """Each worker's LightGBM network parameters: `workers`' order is the ranks' (rank 0 first)."""
     hosts = {w: urlparse(w).hostname or "" for w in workers}
     for _ in range(5):  # two workers of one host may be handed the same free port: ask again
-        ports = {w: client.submit(free_port, workers=[w], pure=False).result() for w in workers}
+        ports = {w: client.submit(free_port, "", workers=[w], pure=False).result() for w in workers}
         if len({(hosts[w], ports[w]) for w in workers}) == len(workers):
             break
     else:

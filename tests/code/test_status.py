@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 from fusion.core.lake import Lake
+from fusion.core.net import free_port
 from fusion.core.summary import RUNS, RunSummary, StageReport
 from fusion.status import champions, local_services, recent_runs, serving_status, stage_outcomes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_nothing_running_is_reported_not_raised_and_creates_nothing(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ import httpx
 import polars as pl
 import pytest
 
+from fusion.core.net import free_port
 from tests.conftest import LAUNCH_ENV, REPO, services
 from tests.services.support import (
     STAGES,
@@ -32,7 +33,6 @@ from tests.services.support import (
     wait_for_runs,
     wait_until_final,
 )
-from tests.serving.conftest import free_port
 
 pytestmark = pytest.mark.services
 

@@ -17,9 +17,10 @@ import httpx
 import polars as pl
 import pytest
 
+from fusion.core.net import free_port
 from tests.conftest import REPO, jaeger_otlp
 from tests.services.support import consume
-from tests.serving.conftest import free_port, start_fusion_serve
+from tests.serving.conftest import start_fusion_serve
 
 pytestmark = pytest.mark.services
 CONFIG = REPO / "configs" / "card_transactions.yaml"

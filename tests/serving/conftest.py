@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from fusion.core.net import free_port
 from tests.conftest import FLIGHTS_CONFIG, REPO, _service
 
 
@@ -26,12 +26,6 @@ class Served:
     redis_url: str
     settings: Any
     summary: Any
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_fusion_serve(config: Path, env: dict[str, str], stderr: Path) -> subprocess.Popen[bytes]:

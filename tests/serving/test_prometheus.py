@@ -18,9 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
+from fusion.core.net import free_port
 from tests.conftest import REPO, SERVICES_STATE
 from tests.services.support import TriggerProcess, send
-from tests.serving.conftest import Served, free_port
+from tests.serving.conftest import Served
 
 pytestmark = [pytest.mark.integration, pytest.mark.services]
 RULES = REPO / "infra" / "prometheus"

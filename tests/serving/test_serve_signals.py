@@ -11,8 +11,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from fusion.core.net import free_port
 from tests.conftest import FLIGHTS_CONFIG
-from tests.serving.conftest import free_port, start_fusion_serve
+from tests.serving.conftest import start_fusion_serve
 
 pytestmark = pytest.mark.integration
 

@@ -17,9 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
+from fusion.core.net import free_port
 from tests.conftest import FLIGHTS_CONFIG
 from tests.serving import test_serving as lightgbm_checks
-from tests.serving.conftest import Served, free_port
+from tests.serving.conftest import Served
 
 pytestmark = pytest.mark.integration
 
