@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import dask.config
 from prefect import flow
 from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
@@ -21,7 +20,7 @@ from fusion.core.settings import DEFAULT_CONFIG, DaskConfig, Settings, WorkerEnv
 from fusion.core.summary import RunSummary
 from tasks import pipeline_tasks as stages
 from tasks.check import checked_suites
-from tasks.families import worker_resources
+from tasks.local_cluster import local_cluster_kwargs
 from tasks.pipeline_run import PipelineRun
 
 __all__ = ["RunFailed", "run_pipeline", "task_runner_for", "training_pipeline"]
@@ -52,22 +51,7 @@ def dask_runner(address: str | None, local: DaskConfig) -> DaskTaskRunner:
         raise ConfigError("pipeline.dask.cluster is address but dask_address (FUSION_DASK_ADDRESS) is not set")
     if address:
         return DaskTaskRunner(address=address)
-    cluster_kwargs: dict[str, Any] = {
-        "n_workers": local.n_workers,
-        "threads_per_worker": local.threads_per_worker,
-        "processes": local.processes,
-        "dashboard_address": ":0",  # None still binds 8787
-        # GPU=<CUDA devices seen here>: torch training asks for GPU=1 (tasks/families.py)
-        **({"resources": resources} if (resources := worker_resources()) else {}),
-    }
-    if local.processes:
-        # Worker processes import the stages' code as they start, side by side, rather than each on its
-        # first task (one after another: the second worker's first task is a later stage's)
-        cluster_kwargs["preload"] = [*dask.config.get("distributed.worker.preload", []), STAGE_CODE]
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster_kwargs)
-
-
-STAGE_CODE = stages.__name__  # the module the flow's stages come from
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs(local))
 
 
 @flow(

@@ -126,10 +126,16 @@ def run(
     if problems:
         _refuse(config, problems, as_json, verbose)
     _print_problems(config, check_warnings(settings), verbose, prefix="[yellow]warning:[/yellow] ")
-    from fusion.runtime import embedded_run_settings, prepare_environment, start_embedded_prefect_api
+    from fusion.runtime import (
+        embedded_run_settings,
+        prepare_environment,
+        start_embedded_prefect_api,
+        start_local_cluster,
+    )
 
     prepare_environment(settings, verbose=verbose)
     booting = start_embedded_prefect_api()
+    cluster = start_local_cluster(settings)  # worker processes: their imports beside this one's
     progress = logging.getLogger("fusion.progress")
     progress.setLevel(logging.INFO)
     if log_format() == "json":
@@ -148,6 +154,8 @@ def run(
     try:
         if booting is not None:
             booting.wait()  # a server that cannot start: one line naming its log
+        if cluster is not None:
+            settings = settings.model_copy(update={"dask_address": cluster.address()})
         with embedded_run_settings() if booting is not None else contextlib.nullcontext():
             summary = run_pipeline(settings)
     except RunFailed as exc:
@@ -156,6 +164,9 @@ def run(
     except Exception as exc:  # unexpected: still one line, and the JSON object
         message = f"{type(exc).__name__}: {exc}".splitlines()[0]
         _fail(message, 1, {"dataset": settings.dataset.name, "validation_success": None, "error": message}, as_json)
+    finally:
+        if cluster is not None:
+            cluster.close()
     if as_json:
         print(summary.model_dump_json())
     show_summary(summary, settings.resolved_mlflow_uri)

@@ -11,15 +11,17 @@ import sqlite3
 import subprocess  # nosec B404  # Prefect's server command, argv list, no shell
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from fusion.core.logs import logging_environment
 from fusion.core.net import free_port
-from fusion.core.settings import Settings
+from fusion.core.settings import DaskConfig, Settings
 from fusion.core.tracing import tracing_environment
 
 
@@ -69,6 +71,51 @@ def start_embedded_prefect_api() -> EmbeddedPrefectApi | None:
     api = EmbeddedPrefectApi()
     api.start()
     return api
+
+
+def start_local_cluster(settings: Settings) -> EarlyCluster | None:
+    """With a LocalCluster of worker processes to come (`pipeline.dask.processes`, no Dask address), start
+    it now, beside this process's imports and the embedded API's boot, and return it; None otherwise.
+
+    A worker process imports the stages' code as it starts (~4 s of CPU): started by the flow, that came
+    after the run's imports and before its first stage. Pass `address()` to the run as its Dask address,
+    and `close()` the cluster after. Call after `start_embedded_prefect_api`: the workers inherit its URL."""
+    dask = settings.pipeline.dask
+    if settings.dask_address or dask.cluster != "local" or not dask.processes:
+        return None
+    return EarlyCluster(dask)
+
+
+class EarlyCluster:
+    """A `distributed.LocalCluster` started in a thread of its own; its worker processes run in parallel."""
+
+    def __init__(self, config: DaskConfig) -> None:
+        self.cluster: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._start, args=(config,), name="fusion-local-cluster", daemon=True)
+        self._thread.start()
+
+    def _start(self, config: DaskConfig) -> None:
+        try:
+            from distributed import LocalCluster
+
+            from tasks.local_cluster import local_cluster_kwargs
+
+            self.cluster = LocalCluster(**local_cluster_kwargs(config))
+        except BaseException as exc:  # raised where the run asks for the address
+            self._error = exc
+
+    def address(self) -> str:
+        """The scheduler's address, once the cluster is up; the cluster's own error if it could not start."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return str(self.cluster.scheduler_address)
+
+    def close(self) -> None:
+        self._thread.join()
+        if self.cluster is not None:
+            self.cluster.close()
 
 
 @contextmanager

@@ -9,9 +9,6 @@ and `auto` trains on CPU and says so.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess  # nosec B404  # nvidia-smi -L only, argv list, no shell
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any
@@ -21,33 +18,8 @@ from fusion.core.lake import Lake
 from fusion.core.settings import DatasetConfig
 from tasks.dask_train import train_lightgbm_from_lake
 from tasks.features import FeatureSet
+from tasks.local_cluster import GPU
 from tasks.train import SplitFrames, TrainedModel, split_frames, train_lightgbm
-
-GPU = "GPU"  # the Dask resource a worker declares per CUDA device
-
-
-def visible_gpus() -> int:
-    """CUDA devices this process may use, without importing torch (seconds): CUDA_VISIBLE_DEVICES when
-    set, else the GPUs `nvidia-smi -L` lists, else 0."""
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        devices = [d.strip() for d in listed.split(",") if d.strip()]
-        return 0 if not devices or devices[0].startswith("-") else len(devices)
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return 0
-    try:
-        # nvidia-smi as PATH finds it, a fixed argument, no shell
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=False).stdout  # nosec B603
-    except (OSError, subprocess.TimeoutExpired):
-        return 0
-    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
-
-
-def worker_resources() -> dict[str, float]:
-    """What a LocalCluster worker declares: GPU=<visible CUDA devices> when there are any."""
-    gpus = visible_gpus()
-    return {GPU: float(gpus)} if gpus else {}
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from fusion.core.settings import DaskWorkerGroup, KubernetesDaskConfig
-from tasks.families import GPU
+from tasks.local_cluster import GPU
 
 API_VERSION = "kubernetes.dask.org/v1"
 SCHEDULER_PORT, SCHEDULER_DASHBOARD, WORKER_DASHBOARD = 8786, 8787, 8788

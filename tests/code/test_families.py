@@ -9,7 +9,8 @@ import pytest
 from fusion.cli import family_line
 from fusion.core.errors import TrainingError
 from fusion.core.summary import RunSummary
-from tasks.families import GPU, choose_best, place_torch, visible_gpus
+from tasks.families import GPU, choose_best, place_torch
+from tasks.local_cluster import visible_gpus
 from tasks.train import TrainedModel
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from fusion.core.settings import KubernetesDaskConfig, load_settings, with_overrides
-from tasks.families import GPU
 from tasks.kube_spec import dask_cluster, dask_memory_limit, gpu_worker_group
+from tasks.local_cluster import GPU
 from tests.conftest import FLIGHTS_CONFIG
 from tests.infra.schemas import problems
 
