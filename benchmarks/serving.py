@@ -549,7 +549,7 @@ SCALING_SETUPS = (
     ("2 replicas, 1 model thread (shipped)", {"FUSION_SERVING__REPLICAS": "2", "FUSION_SERVING__MODEL_THREADS": "1"}),
     ("3 replicas, 1 model thread", {"FUSION_SERVING__REPLICAS": "3", "FUSION_SERVING__MODEL_THREADS": "1"}),
 )
-LOG_CLIENTS = (8, 32)
+SETUP_CLIENTS = (8, 32)
 
 
 def measure_setups(
@@ -589,7 +589,7 @@ def log_cells(url: str, rows: pl.DataFrame, used: int, seconds: float, warmup_s:
         headers = {"Content-Type": "application/json"}
         httpx.post(f"{url}/invocations", content=split_body(columns, row), headers=headers, timeout=30)
     cells: list[dict[str, Any]] = []
-    for clients in LOG_CLIENTS:
+    for clients in SETUP_CLIENTS:
         start = HOT_ROWS + used
         sent = iter(range(10**9))
 
@@ -620,7 +620,7 @@ def setup_rows(results: dict[str, Any], setups: tuple[tuple[str, dict[str, str]]
     ]
     for name, _ in setups:
         for kind in ("cache miss", "cache hit"):
-            for clients in LOG_CLIENTS:
+            for clients in SETUP_CLIENTS:
                 errors = sum(
                     c["errors"] + c["rejected_503"]
                     for c in cells
@@ -644,7 +644,7 @@ def setup_ratios(cells: list[dict[str, Any]], a: str, b: str, kind: str) -> str:
     """req/s of setup a over setup b at each client count, as the section's bold figures."""
     return ", ".join(
         f"**{setup_mean(cells, a, kind, n, 'rps') / setup_mean(cells, b, kind, n, 'rps'):.2f}x** at {n}"
-        for n in LOG_CLIENTS
+        for n in SETUP_CLIENTS
     )
 
 

@@ -102,7 +102,7 @@ class EarlyCluster:
             from tasks.local_cluster import local_cluster_kwargs
 
             self.cluster = LocalCluster(**local_cluster_kwargs(config))
-        except BaseException as exc:  # raised where the run asks for the address
+        except Exception as exc:  # raised where the run asks for the address
             self._error = exc
 
     def address(self) -> str:

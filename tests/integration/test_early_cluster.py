@@ -3,6 +3,9 @@ imported the stages' code by the time the run asks for the address, closed after
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -25,10 +28,10 @@ def test_the_early_cluster_has_worker_processes_with_the_stage_code_and_closes(
     try:
         address = early.address()
         with Client(address) as client:
-            loaded = client.run(lambda: __import__("sys").modules.get("tasks.pipeline_tasks") is not None)
-            pids = client.run(lambda: __import__("os").getpid())
+            loaded = client.run(lambda: "tasks.pipeline_tasks" in sys.modules)
+            pids = client.run(os.getpid)
     finally:
         early.close()
     assert list(loaded.values()) == [True, True]
-    assert len(set(pids.values())) == 2 and __import__("os").getpid() not in pids.values()
+    assert len(set(pids.values())) == 2 and os.getpid() not in pids.values()
     assert early.cluster.status.name == "closed"
