@@ -181,7 +181,8 @@ def train_family(
     if client is not None and workers > 1:
         gbm = train_lightgbm_from_lake(client, lake, table, dataset)
     else:
-        parts = split_frames(lake.read_parquet(table.path), dataset)
+        # the test split stays on disk: evaluate reads it; training holds only what it fits on
+        parts = split_frames(lake.read_parquet(table.path), dataset, keep=("train", "valid"))
         args = (parts, table.feature_columns, table.categorical_columns, table.target, dataset.model)
         gbm = train_lightgbm(*args, threads=threads)
     if torch_future is None:

@@ -211,8 +211,9 @@ def train_lightgbm(
         _labels(parts.train, target, "train"),
         feature_name=features,
         categorical_feature=categorical,
+        params=params,  # the binning's (max_bin, ...), fixed by the construct() below
         free_raw_data=True,
-    )
+    ).construct()  # binned now, and its float matrix freed before the valid split's is made
     valid_set = train_set.create_valid(to_matrix(parts.valid, features, vocab), _labels(parts.valid, target, "valid"))
     booster = lgb.train(
         params,

@@ -49,3 +49,12 @@ def test_unknown_and_null_categories_are_missing_and_known_ones_are_codes() -> N
     matrix = to_matrix(frame, FEATURES, VOCAB)
     np.testing.assert_array_equal(matrix[0], [1.5, 2.0, np.nan, 2.0, 1.0])
     np.testing.assert_array_equal(matrix[1], [np.nan, np.nan, 3.0, np.nan, np.nan])
+
+
+def test_a_large_frame_becomes_one_column_major_matrix() -> None:
+    # LightGBM takes a column-major float64 matrix as it is; any other layout or type it copies
+    frame = pl.DataFrame({"distance": [1.0] * SMALL_FRAME, "carrier": ["AA"] * SMALL_FRAME, "seats": [2] * SMALL_FRAME})
+    matrix = to_matrix(frame.with_columns(code=None, flag=True), FEATURES, VOCAB)
+    assert matrix.dtype == np.float64
+    assert matrix.flags["F_CONTIGUOUS"]
+    np.testing.assert_array_equal(matrix[0], [1.0, 0.0, 2.0, np.nan, 1.0])
