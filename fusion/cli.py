@@ -128,7 +128,9 @@ def run(
     _print_problems(config, check_warnings(settings), verbose, prefix="[yellow]warning:[/yellow] ")
     from fusion.runtime import (
         embedded_run_settings,
+        import_while,
         prepare_environment,
+        stages_in_this_process,
         start_embedded_prefect_api,
         start_local_cluster,
     )
@@ -153,6 +155,11 @@ def run(
 
     try:
         if booting is not None:
+            if stages_in_this_process(settings):
+                # while the API boots, the imports the stages would make on their own path
+                from tasks.deferred import deferred_imports
+
+                import_while(booting.booting, deferred_imports(settings))
             booting.wait()  # a server that cannot start: one line naming its log
         if cluster is not None:
             settings = settings.model_copy(update={"dask_address": cluster.address()})

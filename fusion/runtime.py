@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import importlib
 import importlib.metadata
 import os
 import shutil
@@ -14,7 +15,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,32 @@ def start_local_cluster(settings: Settings) -> EarlyCluster | None:
     if settings.dask_address or dask.cluster != "local" or not dask.processes:
         return None
     return EarlyCluster(dask)
+
+
+def stages_in_this_process(settings: Settings) -> bool:
+    """Whether the flow's stages run in the run's own process (a LocalCluster of threads)."""
+    dask = settings.pipeline.dask
+    return not settings.dask_address and dask.cluster == "local" and not dask.processes
+
+
+def import_while(waiting: Callable[[], bool], modules: list[str]) -> list[str]:
+    """Import these modules one after another in this thread while `waiting()` holds; return those imported.
+
+    For a wait the run cannot shorten, such as the embedded API's boot after the run's own imports: the
+    stages' slow imports (`tasks.deferred`) made then are not made later, on a stage's path. The import
+    under way when the wait ends runs to its end, and that stage saves the same time, so the run gains
+    the time it would have spent waiting. A module that fails to import is left to its stage, which
+    raises its own error."""
+    imported = []
+    for name in modules:
+        if not waiting():
+            break
+        try:
+            importlib.import_module(name)
+        except Exception:  # nosec B112  # the stage that needs it imports it again and reports the error
+            continue
+        imported.append(name)
+    return imported
 
 
 class EarlyCluster:
@@ -214,12 +241,8 @@ class EmbeddedPrefectApi:
                     f"Prefect's embedded API server exited with code {self.process.returncode} while starting;"
                     f" its log is {self._log}\nthe log's last lines:\n{self._log_tail()}"
                 )
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:  # nosec B310  # http://127.0.0.1
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
+            if self._answers(timeout=2):
+                break
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(
@@ -229,6 +252,17 @@ class EmbeddedPrefectApi:
                 )
             time.sleep(0.1)
         return self.url
+
+    def booting(self) -> bool:
+        """True while the server's process runs and does not answer /health yet (one quick check)."""
+        return self.process is not None and self.process.poll() is None and not self._answers(timeout=0.5)
+
+    def _answers(self, timeout: float) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=timeout) as response:  # nosec B310  # http://127.0.0.1
+                return bool(response.status == 200)
+        except OSError:
+            return False
 
     def stop(self) -> None:
         process, self.process = self.process, None

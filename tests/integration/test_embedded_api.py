@@ -38,7 +38,9 @@ def test_a_fresh_home_starts_from_the_template_and_serves_the_api(
     api.start()
     try:
         assert os.environ["PREFECT_API_URL"] == api.url  # exported before the server is up
+        assert api.booting()  # the server takes seconds to import and start
         url = api.wait(timeout=120)
+        assert not api.booting()
         assert api.seeded
         request = urllib.request.Request(
             f"{url}/flows/", data=json.dumps({"name": "seeded-home"}).encode(), method="POST"
