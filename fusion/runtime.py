@@ -81,16 +81,19 @@ def start_local_cluster(settings: Settings) -> EarlyCluster | None:
     A worker process imports the stages' code as it starts (~4 s of CPU): started by the flow, that came
     after the run's imports and before its first stage. Pass `address()` to the run as its Dask address,
     and `close()` the cluster after. Call after `start_embedded_prefect_api`: the workers inherit its URL."""
-    dask = settings.pipeline.dask
-    if settings.dask_address or dask.cluster != "local" or not dask.processes:
+    if not _runs_own_local_cluster(settings) or not settings.pipeline.dask.processes:
         return None
-    return EarlyCluster(dask)
+    return EarlyCluster(settings.pipeline.dask)
 
 
 def stages_in_this_process(settings: Settings) -> bool:
     """Whether the flow's stages run in the run's own process (a LocalCluster of threads)."""
-    dask = settings.pipeline.dask
-    return not settings.dask_address and dask.cluster == "local" and not dask.processes
+    return _runs_own_local_cluster(settings) and not settings.pipeline.dask.processes
+
+
+def _runs_own_local_cluster(settings: Settings) -> bool:
+    """Whether the run starts a LocalCluster itself: no Dask address, `pipeline.dask.cluster` local."""
+    return not settings.dask_address and settings.pipeline.dask.cluster == "local"
 
 
 def import_while(waiting: Callable[[], bool], modules: list[str]) -> list[str]:
